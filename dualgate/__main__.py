@@ -1,0 +1,5 @@
+import sys
+
+from dualgate.cli import main
+
+sys.exit(main())

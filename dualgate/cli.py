@@ -1,0 +1,91 @@
+"""`dualgate serve APP [options]`: every flag comes from a field of Config, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from dualgate import __version__
+from dualgate.config import AppLoadError, Config, ConfigError
+from dualgate.server import Server
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One clear line instead of argparse's usage block.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _flag_kwargs(kind: Any, default: Any) -> dict[str, Any]:
+    """argparse settings for a Config field of type `kind`."""
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if typing.get_origin(kind) is typing.Literal:
+        return {"choices": typing.get_args(kind)}
+    if typing.get_origin(kind) is tuple:
+        return {"action": "append", "type": typing.get_args(kind)[0], "metavar": "VALUE"}
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        concrete = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return _flag_kwargs(concrete[0], default)
+    return {"type": kind, "metavar": kind.__name__.upper()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dualgate", description="An asyncio + h11 server for WSGI and ASGI apps.")
+    parser.add_argument("--version", action="version", version=f"dualgate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = commands.add_parser(
+        "serve", help="serve an application", description="Serve a WSGI or ASGI application."
+    )
+    serve.add_argument(
+        "app", nargs="?", metavar="MODULE:ATTR", help="the application, e.g. hello:application"
+    )
+    hints = typing.get_type_hints(Config)
+    for item in dataclasses.fields(Config):
+        if not item.metadata.get("flag", True):
+            continue
+        kwargs = _flag_kwargs(hints[item.name], item.default)
+        default = item.default
+        shown = (
+            ""
+            if default in (None, (), "") or isinstance(default, bool)
+            else f" (default: {default})"
+        )
+        serve.add_argument(
+            "--" + item.name.replace("_", "-"),
+            dest=item.name,
+            default=argparse.SUPPRESS,
+            help=item.metadata["help"] + shown,
+            **kwargs,
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    args.pop("command")
+    if "mount" in args:
+        args["mount"] = tuple(args["mount"])
+    try:
+        server = Server(Config(**args))
+        return server.run()
+    except (ConfigError, AppLoadError) as exc:
+        print(f"dualgate: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except OSError as exc:
+        print(f"dualgate: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

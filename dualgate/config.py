@@ -1,0 +1,211 @@
+"""Every setting of dualgate, declared once.
+
+Each field of `Config` carries its help text and, where it needs one, a check; the CLI builds its
+flags from these fields, so a new setting is one new field here and nothing else. The app itself
+is loaded here too ("module:attr", never eval), and its interface (WSGI or ASGI) decided once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app"]
+
+Interface = Literal["auto", "asgi", "wsgi"]
+Lifespan = Literal["auto", "on", "off"]
+LoopName = Literal["auto", "asyncio", "uvloop"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value dualgate cannot run with; the message names the setting."""
+
+
+class AppLoadError(ValueError):
+    """The application named on the command line cannot be loaded; the message says why."""
+
+
+def _setting(default: Any, help: str, *, flag: bool = True, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, **extra})
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{name} must be greater than 0, got {value}")
+
+
+def _non_negative(name: str, value: float | None) -> None:
+    if value is not None and value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
+
+
+def _port(name: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name} must be between 0 and 65535, got {value}")
+
+
+def _mount(name: str, value: tuple[str, ...]) -> None:
+    for entry in value:
+        prefix, sep, target = entry.partition("=")
+        if not sep or not prefix.startswith("/") or ":" not in target:
+            raise ConfigError(
+                f"{name} takes PREFIX=MODULE:ATTR with PREFIX starting with /, got {entry!r}"
+            )
+
+
+@dataclass(frozen=True)
+class Config:
+    app: str | Callable[..., Any] | None = _setting(
+        None, "the application as MODULE:ATTR, for example hello:application", flag=False
+    )
+    host: str = _setting("127.0.0.1", "address to bind")
+    port: int = _setting(
+        8000, "port to bind; 0 picks a free port (the bound one is logged)", check=_port
+    )
+    uds: str | None = _setting(None, "bind a unix domain socket at this path instead of host/port")
+    fd: int | None = _setting(None, "serve on this already-listening inherited socket descriptor")
+    interface: Interface = _setting(
+        "auto", "application interface; auto detects it once at start-up"
+    )
+    factory: bool = _setting(False, "treat MODULE:ATTR as a callable that returns the application")
+    app_dir: str = _setting(".", "directory put first on sys.path before loading the application")
+    mount: tuple[str, ...] = _setting(
+        (), "serve PREFIX=MODULE:ATTR (WSGI or ASGI) under a path prefix; repeatable", check=_mount
+    )
+    root_path: str = _setting("", "path prefix the app is mounted under (SCRIPT_NAME / root_path)")
+    threads: int = _setting(8, "worker threads running WSGI applications", check=_positive)
+    backlog: int = _setting(2048, "listen backlog of the server socket", check=_positive)
+    limit_concurrency: int = _setting(
+        1000,
+        "most open connections; beyond it a new connection gets 503 and a close",
+        check=_positive,
+    )
+    timeout_keep_alive: float = _setting(
+        5.0, "seconds an idle keep-alive connection is kept open", check=_positive
+    )
+    timeout_request_head: float = _setting(
+        10.0, "seconds a client has to send a whole request head once it starts", check=_positive
+    )
+    timeout_read: float = _setting(
+        60.0, "seconds a request body may stall with no bytes arriving", check=_positive
+    )
+    timeout_worker: float = _setting(
+        10.0, "seconds a request waits for a free worker thread before a 503", check=_non_negative
+    )
+    timeout_graceful_shutdown: float = _setting(
+        30.0, "seconds in-flight requests get to finish on shutdown", check=_non_negative
+    )
+    max_head_size: int = _setting(
+        65536, "largest request line plus headers in bytes; larger gets 431", check=_positive
+    )
+    max_body_size: int | None = _setting(
+        None, "largest request body in bytes; larger gets 413 (default: no limit)", check=_positive
+    )
+    body_buffer_size: int = _setting(
+        262144,
+        "request body bytes buffered before the socket is paused (and response bytes queued "
+        "before a worker waits)",
+        check=_positive,
+    )
+    lifespan: Lifespan = _setting("auto", "ASGI lifespan protocol: auto, on or off")
+    loop: LoopName = _setting("auto", "event loop: uvloop when installed (auto), or asyncio")
+    log_level: LogLevel = _setting("info", "level of the dualgate.error logger")
+    access_log: bool = _setting(True, "log one line per response to dualgate.access")
+    server_header: bool = _setting(True, "send a Server header")
+    date_header: bool = _setting(True, "send a Date header")
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            check = item.metadata.get("check")
+            if check is not None:
+                check("--" + item.name.replace("_", "-"), getattr(self, item.name))
+        if self.app is None and not self.mount:
+            raise ConfigError("an application (MODULE:ATTR) or at least one --mount is needed")
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ConfigError("--root-path must start with / and not end with /")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class LoadedApp:
+    """An application with its interface decided: "wsgi" or "asgi" (ASGI 3 single callable)."""
+
+    interface: Literal["asgi", "wsgi"]
+    app: Callable[..., Any]
+    source: str
+
+
+def load_app(target: str | Callable[..., Any], config: Config) -> LoadedApp:
+    """Import MODULE:ATTR (or take a callable) and decide its interface once."""
+    if isinstance(target, str):
+        app = _import_from_string(target, config.app_dir)
+        source = target
+        if config.factory:
+            try:
+                app = app()
+            except Exception as exc:
+                raise AppLoadError(
+                    f"the factory {target} raised {type(exc).__name__}: {exc}"
+                ) from exc
+    else:
+        app, source = target, getattr(target, "__qualname__", repr(target))
+    if not callable(app):
+        raise AppLoadError(f"{source} is not callable (it is a {type(app).__name__})")
+    interface = config.interface if config.interface != "auto" else _detect_interface(app)
+    if interface == "asgi":
+        from asgiref.compatibility import guarantee_single_callable
+
+        app = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
+    return LoadedApp(interface=interface, app=app, source=source)
+
+
+def _detect_interface(app: Callable[..., Any]) -> Literal["asgi", "wsgi"]:
+    # ASGI 3: a coroutine function, or an object whose __call__ is one. ASGI 2: a class whose
+    # instances are awaited per connection. Anything else is called like WSGI.
+    if inspect.isclass(app):
+        call = getattr(app, "__call__", None)  # noqa: B004 - the class's instance method
+        return "asgi" if inspect.iscoroutinefunction(call) else "wsgi"
+    if inspect.iscoroutinefunction(app):
+        return "asgi"
+    call = getattr(app, "__call__", None)  # noqa: B004
+    return "asgi" if inspect.iscoroutinefunction(call) else "wsgi"
+
+
+def _import_from_string(target: str, app_dir: str) -> Any:
+    module_name, sep, attrs = target.partition(":")
+    if not sep or not module_name or not attrs:
+        raise AppLoadError(f"application {target!r} must be given as MODULE:ATTR")
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Tell "the module named on the command line is missing" from "an import inside it failed".
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
+            raise AppLoadError(
+                f"could not import module {module_name!r} (looked in {path})"
+            ) from exc
+        raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
+    except Exception as exc:
+        raise AppLoadError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    instance: Any = module
+    for attr in attrs.split("."):
+        try:
+            instance = getattr(instance, attr)
+        except AttributeError:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attrs!r}") from None
+    return instance

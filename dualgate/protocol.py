@@ -1,0 +1,702 @@
+"""The HTTP/1.1 core: one `HTTPProtocol` per socket, one `RequestCycle` per request.
+
+Rules of this file:
+- Everything here runs on the event loop thread. Code in worker threads reaches a cycle only
+  through `loop.call_soon_threadsafe` (see workers.py).
+- h11 owns framing and the connection state machine. Where h11 is more lenient than RFC 9112's
+  MUSTs (both Content-Length and Transfer-Encoding, obs-fold, bare LF, versions other than 1.x,
+  request targets, oversized heads that arrive whole, no deadline for the head), the checks are
+  made here, before a request can reach an application.
+- A request that is refused never reaches the application, and nothing after it on the same
+  connection is read: a refusal always closes the connection.
+- `RequestCycle` is all an interface (WSGI or ASGI) sees of a connection: `take_body` and
+  `on_body_ready` for the request body; `send_head`, `send_body`, `finish`, `abort` for the
+  response; `disconnected` to learn that the client has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import h11
+
+from dualgate.logs import access_logger, error_logger, format_access
+
+if TYPE_CHECKING:
+    from dualgate.config import Config
+
+__all__ = ["HTTPProtocol", "RequestCycle", "ServerState"]
+
+Headers = list[tuple[bytes, bytes]]
+RequestHandler = Callable[["RequestCycle"], None]
+
+_STATUS_TEXT = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
+}
+# Bodies a client may still be sending after its response are read and dropped up to this many
+# bytes so the connection can be kept; past it, closing is cheaper than reading.
+_MAX_DRAIN = 1 << 20
+
+
+class ServerState:
+    """What every connection of one server shares."""
+
+    def __init__(self, config: Config, handler: RequestHandler) -> None:
+        self.config = config
+        self.handler = handler
+        self.connections: set[HTTPProtocol] = set()
+        self.shutting_down = False
+        self.access_log = access_logger.isEnabledFor(logging.INFO)
+        self.default_headers: Headers = []
+        self.update_date()
+
+    def update_date(self) -> None:
+        """Called once a second by the server, so no request formats a date."""
+        headers: Headers = []
+        if self.config.date_header:
+            headers.append((b"date", _http_date(time.time())))
+        if self.config.server_header:
+            headers.append((b"server", b"dualgate"))
+        self.default_headers = headers
+
+
+def _http_date(now: float) -> bytes:
+    from email.utils import formatdate
+
+    return formatdate(now, usegmt=True).encode("ascii")
+
+
+class RequestCycle:
+    """One request and its response, as the application side sees them."""
+
+    __slots__ = (
+        "_body",
+        "_body_buffered",
+        "_continue_sent",
+        "_protocol",
+        "body_complete",
+        "body_received",
+        "disconnected",
+        "head_sent",
+        "headers",
+        "http_version",
+        "method",
+        "on_body_ready",
+        "on_disconnect",
+        "response_complete",
+        "sent_bytes",
+        "started_at",
+        "status",
+        "target",
+    )
+
+    def __init__(self, protocol: HTTPProtocol, request: h11.Request) -> None:
+        self._protocol = protocol
+        self.method: bytes = request.method
+        self.target: bytes = request.target
+        self.headers: Headers = list(request.headers)
+        self.http_version: bytes = request.http_version
+        self.started_at = time.monotonic()
+        self._body: deque[bytes] = deque()
+        self._body_buffered = 0
+        self._continue_sent = False
+        self.body_received = 0
+        self.body_complete = False
+        # One-shot callbacks: a consumer sets them and they are cleared before they run.
+        self.on_body_ready: Callable[[], None] | None = None
+        self.on_disconnect: Callable[[], None] | None = None
+        self.disconnected = False
+        self.head_sent = False
+        self.response_complete = False
+        self.status = 0
+        self.sent_bytes = 0
+
+    # -- the connection, as an interface may need it -------------------------------------
+
+    @property
+    def client(self) -> tuple[str, int] | None:
+        return self._protocol.client
+
+    @property
+    def server(self) -> tuple[str, int | None] | None:
+        return self._protocol.server
+
+    @property
+    def scheme(self) -> str:
+        return "http"
+
+    @property
+    def config(self) -> Config:
+        return self._protocol.state.config
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._protocol.loop
+
+    # -- request body -------------------------------------------------------------------
+
+    def take_body(self) -> tuple[bytes, bool]:
+        """Everything buffered so far, and whether more is to come.
+
+        The first call with nothing buffered answers a waiting `Expect: 100-continue`: the client
+        is told to send only once the application asks for the body.
+        """
+        if self._body:
+            data = self._body.popleft() if len(self._body) == 1 else b"".join(self._body)
+            self._body.clear()
+            self._body_buffered = 0
+            self._protocol.body_drained()
+        else:
+            data = b""
+            if not self.body_complete and not self._continue_sent:
+                self._continue_sent = True
+                self._protocol.send_continue()
+        return data, not self.body_complete and not self.disconnected
+
+    @property
+    def body_buffered(self) -> int:
+        return self._body_buffered
+
+    def _feed_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_buffered += len(data)
+        self.body_received += len(data)
+        self._notify_body()
+
+    def _feed_end(self) -> None:
+        self.body_complete = True
+        self._notify_body()
+
+    def _notify_body(self) -> None:
+        callback = self.on_body_ready
+        if callback is not None:
+            self.on_body_ready = None
+            callback()
+
+    def _lose(self) -> None:
+        self.disconnected = True
+        self._notify_body()
+        callback = self.on_disconnect
+        if callback is not None:
+            self.on_disconnect = None
+            callback()
+
+    # -- response -----------------------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers, reason: bytes = b"") -> None:
+        self.status = status
+        self.head_sent = True
+        self._protocol.send_head(self, status, headers, reason)
+
+    def send_body(self, data: bytes) -> None:
+        if data and not self.disconnected:
+            self.sent_bytes += len(data)
+            self._protocol.send_body(data)
+
+    def finish(self) -> None:
+        """The response is complete; the connection moves on to its next request or closes."""
+        if not self.response_complete:
+            self.response_complete = True
+            self._protocol.finish(self)
+
+    def abort(self) -> None:
+        """The response cannot be completed: close the connection so the client sees that."""
+        if not self.response_complete:
+            self.response_complete = True
+            self._protocol.abort(self)
+
+    def respond_error(self, status: int, message: str, extra: Headers | None = None) -> None:
+        """A short plain-text error response, if the head has not gone out yet; else abort."""
+        if self.head_sent:
+            self.abort()
+            return
+        body = message.encode("utf-8", "replace")
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            *(extra or ()),
+        ]
+        self.send_head(status, headers, _STATUS_TEXT.get(status, b""))
+        self.send_body(body)
+        self.finish()
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._protocol.writing_paused
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transport can take more bytes (at once if it can now)."""
+        self._protocol.when_writable(callback)
+
+    async def sendfile(self, file: Any, offset: int, count: int) -> None:
+        await self._protocol.sendfile(self, file, offset, count)
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """One client connection: parse with h11, check, dispatch, write, keep alive or close."""
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.loop = loop
+        config = state.config
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head_size)
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
+        self.cycle: RequestCycle | None = None
+        self._dispatched_cycle: RequestCycle | None = None
+        # Bytes of the head being received (h11's buffer plus what came since), for the checks
+        # h11 does not make. None while a request body is being received.
+        self._head_window: bytes | bytearray | None = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_timer_armed = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._write_waiters: list[Callable[[], None]] = []
+        self._over_limit = False
+        self._draining = 0
+        self._closed = False
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.client = (str(peer[0]), int(peer[1]))
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) >= 2:
+            self.server = (str(local[0]), int(local[1]))
+        elif isinstance(local, str):
+            self.server = (local, None)
+        # Over the limit, the connection is still read far enough to answer 503, so the client
+        # learns why instead of seeing a reset.
+        self._over_limit = len(self.state.connections) >= self.state.config.limit_concurrency
+        self.state.connections.add(self)
+        self._arm_timer(self.state.config.timeout_keep_alive, "keep-alive idle")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.state.connections.discard(self)
+        self._cancel_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle._lose()
+        elif cycle is not None:
+            cycle.disconnected = True
+        waiters, self._write_waiters = self._write_waiters, []
+        for waiter in waiters:
+            waiter()
+
+    def eof_received(self) -> bool:
+        # A client may half-close after sending its request and still wait for the response.
+        self.conn.receive_data(b"")
+        self._handle_events()
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_window is not None:
+            if self.cycle is None and not self._head_timer_armed and self._timer is not None:
+                self._head_timer_armed = True
+                self._arm_timer(self.state.config.timeout_request_head, "request head")
+            if not self._head_window:
+                self._head_window = data
+            elif isinstance(self._head_window, bytearray):
+                self._head_window += data
+            else:
+                self._head_window = bytearray(self._head_window) + data
+        elif self.cycle is not None and not self.cycle.body_complete and not self._reading_paused:
+            self._arm_timer(self.state.config.timeout_read, "request body")
+        self.conn.receive_data(data)
+        self._handle_events()
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiters, self._write_waiters = self._write_waiters, []
+        for waiter in waiters:
+            waiter()
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _handle_events(self) -> None:
+        conn = self.conn
+        while not self._closed:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._refuse(exc.error_status_hint, f"Malformed request: {exc}")
+                return
+            event_type = type(event)
+            if event_type is h11.Data:
+                self._on_body_data(event.data)  # type: ignore[union-attr]
+            elif event_type is h11.Request:
+                self._on_request(event)  # type: ignore[arg-type]
+            elif event_type is h11.EndOfMessage:
+                self._on_body_end()
+            elif event is h11.NEED_DATA:
+                return
+            elif event is h11.PAUSED:
+                # A pipelined request waits until the current response is done; stop reading
+                # so it cannot pile up meanwhile.
+                self._pause_reading()
+                return
+            elif event_type is h11.ConnectionClosed:
+                if self.cycle is None or self.cycle.response_complete:
+                    self._close()
+                return
+
+    def _on_request(self, request: h11.Request) -> None:
+        self._cancel_timer()
+        self._head_timer_armed = False
+        window = self._head_window or b""
+        head_size = len(window) - len(self.conn.trailing_data[0])
+        self._head_window = None
+        self.cycle = cycle = RequestCycle(self, request)
+        refusal = self._check_request(request, bytes(window[:head_size]))
+        if refusal is not None:
+            self._refuse(*refusal)
+            return
+        if self._over_limit or self.state.shutting_down:
+            self._refuse(503, "Server busy, retry later", [(b"retry-after", b"1")])
+            return
+        if self.conn.their_state is h11.DONE:
+            cycle.body_complete = True
+            self._dispatch(cycle)
+        elif self.conn.client_is_waiting_for_100_continue:
+            self._dispatch(cycle)
+        else:
+            self._arm_timer(self.state.config.timeout_read, "request body")
+            # Dispatch waits for a first buffer-full (or the whole body), so a dribbling upload
+            # holds no worker thread while it dribbles.
+
+    def _check_request(self, request: h11.Request, head: bytes) -> tuple[int, str] | None:
+        """The RFC 9112 MUSTs that h11 leaves to us; None when the request may be served."""
+        config = self.state.config
+        if len(head) > config.max_head_size:
+            return 431, "Request head too large"
+        if request.http_version not in (b"1.1", b"1.0"):
+            return 505, "Only HTTP/1.0 and HTTP/1.1 are served"
+        lf = head.count(b"\n")
+        if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
+            return 400, "Bare CR or LF in the request head"
+        if b"\n " in head or b"\n\t" in head:
+            return 400, "Obsolete line folding in the request head"
+        has_length = has_chunked = False
+        length = 0
+        for name, value in request.headers:
+            if name == b"content-length":
+                has_length = True
+                length = int(value)
+            elif name == b"transfer-encoding":
+                has_chunked = True
+        if has_length and has_chunked:
+            return 400, "Both Content-Length and Transfer-Encoding"
+        if config.max_body_size is not None and length > config.max_body_size:
+            return 413, "Request body too large"
+        target = request.target
+        method = request.method
+        if method == b"CONNECT":
+            return 501, "CONNECT is not served"
+        if target == b"*":
+            if method != b"OPTIONS":
+                return 400, "The * target is for OPTIONS only"
+        elif not target.startswith(b"/"):
+            scheme, sep, _rest = target.partition(b"://")
+            if not sep or scheme.lower() not in (b"http", b"https"):
+                return 400, "Invalid request target"
+        return None
+
+    def _on_body_data(self, data: bytes) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        if cycle.response_complete:
+            self._draining += len(data)
+            if self._draining > _MAX_DRAIN:
+                self._close()
+            return
+        limit = self.state.config.max_body_size
+        if limit is not None and cycle.body_received + len(data) > limit:
+            self._refuse(413, "Request body too large")
+            return
+        cycle._feed_body(data)
+        high_water = self.state.config.body_buffer_size
+        if cycle.body_buffered >= high_water:
+            if cycle is not self._dispatched_cycle:
+                self._dispatch(cycle)
+            if cycle.body_buffered >= high_water:
+                self._pause_reading()
+
+    def _on_body_end(self) -> None:
+        cycle = self.cycle
+        assert cycle is not None
+        self._cancel_timer()
+        if cycle.response_complete:
+            self._start_next_cycle()
+            return
+        cycle._feed_end()
+        if cycle is not self._dispatched_cycle:
+            self._dispatch(cycle)
+
+    def _dispatch(self, cycle: RequestCycle) -> None:
+        self._dispatched_cycle = cycle
+        try:
+            self.state.handler(cycle)
+        except Exception:
+            error_logger.exception("Request handler failed")
+            cycle.respond_error(500, "Internal Server Error")
+
+    def body_drained(self) -> None:
+        if self._reading_paused and self.conn.their_state is h11.SEND_BODY:
+            self._resume_reading()
+            self._arm_timer(self.state.config.timeout_read, "request body")
+
+    def send_continue(self) -> None:
+        if (
+            self.conn.client_is_waiting_for_100_continue
+            and self.conn.our_state is h11.SEND_RESPONSE
+        ):
+            self._write(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        if self._reading_paused and self.conn.their_state is h11.SEND_BODY:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+            if self.conn.their_state is h11.SEND_BODY:
+                # The stall is the application's, not the client's.
+                self._cancel_timer()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # -- writing ------------------------------------------------------------------------
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        if self._writing_paused and not self._closed:
+            self._write_waiters.append(callback)
+        else:
+            callback()
+
+    def _write(self, data: bytes | None) -> None:
+        if data and self.transport is not None and not self._closed:
+            self.transport.write(data)
+
+    def send_head(self, cycle: RequestCycle, status: int, headers: Headers, reason: bytes) -> None:
+        if cycle is not self.cycle or self._closed:
+            return
+        extra = self.state.default_headers
+        if extra:
+            names = {name.lower() for name, _ in headers}
+            headers = headers + [item for item in extra if item[0] not in names]
+        if self.state.shutting_down:
+            headers = [*headers, (b"connection", b"close")]
+        try:
+            data = self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+        except h11.LocalProtocolError as exc:
+            error_logger.error("Response head refused: %s", exc)
+            cycle.response_complete = True
+            self._close()
+            return
+        self._write(data)
+
+    def send_body(self, data: bytes) -> None:
+        if self._closed or self.conn.our_state is not h11.SEND_BODY:
+            return
+        if self.conn._request_method == b"HEAD":  # h11 frames HEAD responses as empty
+            return
+        self._write(self.conn.send(h11.Data(data=data)))
+
+    async def sendfile(self, cycle: RequestCycle, file: Any, offset: int, count: int) -> None:
+        if self._closed or self.conn.our_state is not h11.SEND_BODY or self.transport is None:
+            return
+        if self.conn._request_method == b"HEAD":
+            return
+        parts = self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _FileSpan(count))))
+        assert parts is not None
+        for part in parts:
+            if isinstance(part, _FileSpan):
+                await self.loop.sendfile(self.transport, file, offset, count)
+            else:
+                self._write(part)
+        cycle.sent_bytes += count
+
+    def finish(self, cycle: RequestCycle) -> None:
+        if cycle is not self.cycle or self._closed:
+            return
+        try:
+            self._write(self.conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError as exc:
+            # Fewer bytes than the declared Content-Length: the client must see a broken body.
+            error_logger.error("Response incomplete: %s", exc)
+            self._log_access(cycle)
+            self._close()
+            return
+        self._log_access(cycle)
+        if self.conn.our_state is h11.MUST_CLOSE or self.state.shutting_down:
+            self._close()
+        elif self.conn.their_state is h11.DONE:
+            self._start_next_cycle()
+        elif self.conn.their_state is h11.SEND_BODY:
+            # The application answered without reading the whole body: read and drop the rest.
+            self._draining = cycle.body_buffered
+            cycle.take_body()
+            self._resume_reading()
+            self._arm_timer(self.state.config.timeout_read, "request body")
+        else:
+            self._close()
+
+    def abort(self, cycle: RequestCycle) -> None:
+        if cycle is not self.cycle:
+            return
+        self._log_access(cycle)
+        self._close()
+
+    def _log_access(self, cycle: RequestCycle) -> None:
+        if not self.state.access_log:
+            return
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+        access_logger.info(
+            format_access(
+                client,
+                cycle.method.decode("ascii", "replace"),
+                cycle.target.decode("ascii", "replace"),
+                cycle.http_version.decode("ascii"),
+                cycle.status,
+                cycle.sent_bytes,
+                time.monotonic() - cycle.started_at,
+            )
+        )
+
+    def _start_next_cycle(self) -> None:
+        try:
+            self.conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            self._close()
+            return
+        self.cycle = None
+        self._dispatched_cycle = None
+        self._draining = 0
+        self._head_window = self.conn.trailing_data[0]
+        if self._head_window:
+            self._head_timer_armed = True
+            self._arm_timer(self.state.config.timeout_request_head, "request head")
+        else:
+            self._head_timer_armed = False
+            self._arm_timer(self.state.config.timeout_keep_alive, "keep-alive idle")
+        self._resume_reading()
+        if self._head_window:
+            self._handle_events()
+
+    # -- refusals, timers, closing ------------------------------------------------------
+
+    def _refuse(self, status: int, message: str, extra: Headers | None = None) -> None:
+        """Answer a request that must not reach the application, then close."""
+        cycle = self.cycle
+        if cycle is not None and cycle.head_sent:
+            self._close()
+            return
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            body = message.encode("utf-8", "replace") + b"\n"
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *(extra or ()),
+                *self.state.default_headers,
+            ]
+            try:
+                response = h11.Response(
+                    status_code=status, headers=headers, reason=_STATUS_TEXT.get(status, b"")
+                )
+                self._write(self.conn.send(response))
+                self._write(self.conn.send(h11.Data(data=body)))
+                self._write(self.conn.send(h11.EndOfMessage()))
+            except h11.LocalProtocolError:
+                pass
+        if cycle is not None:
+            cycle.status = status
+            cycle.response_complete = True
+            self._log_access(cycle)
+            cycle._lose()
+        elif self.state.access_log:
+            access_logger.info(
+                "%s refused before a request line: %d %s", self.client, status, message
+            )
+        self._close()
+
+    def _arm_timer(self, seconds: float, what: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._on_timeout, what)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self, what: str) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        if what == "request head" and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            error_logger.debug("%s: request head not received in time", self.client)
+            self.cycle = None
+            self._refuse(408, "Request head not received in time")
+            return
+        error_logger.debug("%s: closing, %s timed out", self.client, what)
+        self._close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: close when idle; a request in flight finishes first."""
+        if self.cycle is None or self.cycle.response_complete:
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed and self.transport is not None:
+            self._closed = True
+            self._cancel_timer()
+            self.transport.close()
+            self.state.connections.discard(self)
+            cycle = self.cycle
+            if cycle is not None and not cycle.disconnected:
+                cycle._lose()
+
+    def force_close(self) -> None:
+        if self.transport is not None:
+            self._closed = True
+            self.transport.abort()
+
+
+class _FileSpan:
+    """Stands in for file bytes in h11's framing, so the bytes themselves can go by sendfile."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count

@@ -1,0 +1,245 @@
+"""`Server`: binds, serves, and stops gracefully; `run()` for the common case.
+
+The server owns everything that lives as long as it does: the listening sockets, the live
+connections (through ServerState), the worker pool, the once-a-second Date header, and the
+signal handlers. `started` tells an embedding program (or a test) when the sockets are bound and
+which address they got; `shutdown()` asks for a graceful stop from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dualgate.config import Config, ConfigError, LoadedApp, load_app
+from dualgate.logs import configure_logging, error_logger
+from dualgate.protocol import HTTPProtocol, RequestHandler, ServerState
+from dualgate.workers import WorkerPool, WSGIHandler
+
+__all__ = ["Server", "run"]
+
+_SHUTDOWN_POLL = 0.05
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started = threading.Event()
+        self.addresses: list[Any] = []
+        self.exit_code = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._force = False
+        self._listeners: list[asyncio.Server] = []
+        self._pool: WorkerPool | None = None
+        self.state: ServerState | None = None
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful with port 0)."""
+        for address in self.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        raise RuntimeError("the server is not bound to a TCP port")
+
+    # -- running ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until a signal or `shutdown()`; returns the process exit code."""
+        with asyncio.Runner(loop_factory=_loop_factory(self.config.loop)) as runner:
+            runner.run(self.serve())
+        return self.exit_code
+
+    async def serve(self) -> None:
+        configure_logging(self.config.log_level, self.config.access_log)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        try:
+            await self._startup(loop)
+        except BaseException:
+            self.started.set()
+            await self._cleanup()
+            raise
+        self.started.set()
+        self._install_signal_handlers(loop)
+        try:
+            await self._stop.wait()
+        finally:
+            await self._graceful_stop()
+            self._remove_signal_handlers(loop)
+
+    def shutdown(self, force: bool = False) -> None:
+        """Ask for a graceful stop; safe from any thread, and before the loop has started."""
+        self._force = self._force or force
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+
+    # -- start-up -----------------------------------------------------------------------
+
+    async def _startup(self, loop: asyncio.AbstractEventLoop) -> None:
+        config = self.config
+        handler, description = self._build_handler(loop)
+        self.state = state = ServerState(config, handler)
+
+        def protocol_factory() -> HTTPProtocol:
+            return HTTPProtocol(state, loop)
+
+        if config.uds is not None:
+            if os.path.exists(config.uds) and _is_socket(config.uds):
+                os.unlink(config.uds)
+            listener = await loop.create_unix_server(
+                protocol_factory, config.uds, backlog=config.backlog
+            )
+        elif config.fd is not None:
+            sock = socket.socket(fileno=config.fd)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                listener = await loop.create_server(
+                    protocol_factory, sock=sock, backlog=config.backlog
+                )
+            else:
+                listener = await loop.create_unix_server(
+                    protocol_factory, sock=sock, backlog=config.backlog
+                )
+        else:
+            listener = await loop.create_server(
+                protocol_factory,
+                config.host,
+                config.port,
+                backlog=config.backlog,
+                reuse_address=True,
+            )
+        self._listeners.append(listener)
+        self.addresses = [sock.getsockname() for sock in listener.sockets]
+        self._tick_date(loop)
+        for address in self.addresses:
+            error_logger.info("Serving %s on %s", description, _format_address(address))
+
+    def _build_handler(self, loop: asyncio.AbstractEventLoop) -> tuple[RequestHandler, str]:
+        config = self.config
+        if config.mount:
+            raise ConfigError("--mount needs the ASGI side of dualgate")
+        assert config.app is not None
+        loaded: LoadedApp = load_app(config.app, config)
+        if loaded.interface != "wsgi":
+            raise ConfigError(
+                f"{loaded.source} is an ASGI application; ASGI serving is not available"
+            )
+        self._pool = WorkerPool(config.threads)
+        handler = WSGIHandler(
+            loaded.app,
+            self._pool,
+            loop,
+            root_path=config.root_path,
+            high_water=config.body_buffer_size,
+            worker_wait=config.timeout_worker,
+        )
+        return handler, f"WSGI app {loaded.source} ({config.threads} threads)"
+
+    def _tick_date(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.state is not None and not self.state.shutting_down:
+            self.state.update_date()
+            loop.call_later(1.0, self._tick_date, loop)
+
+    # -- stopping -----------------------------------------------------------------------
+
+    async def _graceful_stop(self) -> None:
+        state = self.state
+        if state is not None:
+            state.shutting_down = True
+        for listener in self._listeners:
+            listener.close()
+        if state is not None:
+            for connection in list(state.connections):
+                connection.shutdown()
+            if state.connections and not self._force:
+                error_logger.info(
+                    "Waiting up to %gs for %d connection(s) to finish",
+                    self.config.timeout_graceful_shutdown,
+                    len(state.connections),
+                )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.timeout_graceful_shutdown
+            while state.connections and not self._force and loop.time() < deadline:
+                await asyncio.sleep(_SHUTDOWN_POLL)
+            for connection in list(state.connections):
+                connection.force_close()
+        await self._cleanup()
+        error_logger.info("Stopped")
+
+    async def _cleanup(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        if (
+            self.config.uds is not None
+            and os.path.exists(self.config.uds)
+            and _is_socket(self.config.uds)
+        ):
+            os.unlink(self.config.uds)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            # Threads still inside an application are daemons; they do not hold the exit.
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, 1.0)
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self._stop is not None and self._stop.is_set():
+            error_logger.info("Second %s: closing all connections now", signal.Signals(signum).name)
+            self._force = True
+            return
+        error_logger.info("%s received: shutting down gracefully", signal.Signals(signum).name)
+        self.shutdown()
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    return stat.S_ISSOCK(os.stat(path).st_mode)
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple):
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        return f"http://{host}:{address[1]}"
+    return f"unix:{address}"
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if name == "uvloop":
+            raise ConfigError(
+                "--loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from None
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(app: str | Callable[..., Any], **options: Any) -> int:
+    """Serve `app` (a callable or "module:attr") with the given Config options until stopped."""
+    return Server(Config(app=app, **options)).run()

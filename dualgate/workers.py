@@ -1,0 +1,383 @@
+"""The only code that crosses threads: the worker pool and the thread side of a request.
+
+Rules of this file:
+- Worker threads never touch a RequestCycle directly; they post to the loop with
+  `loop.call_soon_threadsafe`, which keeps the posts of one request in order.
+- The loop never blocks on a thread. Threads block only on their own condition variables, and
+  every wait re-checks `cycle.disconnected`, so a vanished client frees its thread.
+- Backpressure lives in two places: `_ThreadBody` stops taking bytes from the cycle above the
+  high-water mark (the cycle then pauses the socket), and `ThreadSink.write` waits while more
+  than the high-water mark is queued towards a slow client.
+- A request whose body has fully arrived, and a small complete response, cross threads once
+  each way: the job going in, and one post coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from wsgiref.types import WSGIApplication
+
+from dualgate.logs import error_logger
+from dualgate.protocol import RequestCycle
+from dualgate.wsgi import (
+    BodySource,
+    BytesSource,
+    ClientDisconnected,
+    build_environ,
+    path_info_from_raw,
+    run_wsgi,
+)
+
+__all__ = ["WSGIHandler", "WorkerPool"]
+
+Job = Callable[[], None]
+# How often a waiting thread wakes to notice a vanished client it was not told about.
+_WAKE_INTERVAL = 0.5
+
+
+class WorkerPool:
+    """A fixed set of threads, started once and shared, with a bounded wait for a free one.
+
+    A job either starts on a free thread, waits up to `wait` seconds for one, or is refused
+    (`on_refused` runs on the loop): never an unbounded queue. `release()` must be called once
+    per started job when it is done, from the loop that submitted it.
+    """
+
+    def __init__(self, size: int, name: str = "dualgate-worker") -> None:
+        self.size = size
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._free = size
+        self._waiting: deque[tuple[Job, asyncio.TimerHandle | None]] = deque()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
+            for index in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except BaseException:  # a job must never take its thread down
+                error_logger.exception("Worker job failed")
+
+    def submit(
+        self,
+        job: Job,
+        on_refused: Callable[[], None],
+        wait: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+                self._jobs.put(job)
+                return
+            if wait > 0:
+                entry: list[Any] = []
+                timer = loop.call_later(wait, self._expire, entry, on_refused)
+                item = (job, timer)
+                entry.append(item)
+                self._waiting.append(item)
+                return
+        on_refused()
+
+    def _expire(self, entry: list[Any], on_refused: Callable[[], None]) -> None:
+        with self._lock:
+            try:
+                self._waiting.remove(entry[0])
+            except ValueError:
+                return  # it got a thread just in time
+        on_refused()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                job, timer = self._waiting.popleft()
+                if timer is not None:
+                    timer.cancel()
+                self._jobs.put(job)
+            else:
+                self._free += 1
+
+    @property
+    def busy(self) -> int:
+        return self.size - self._free
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+class _ThreadBody:
+    """wsgi.input's source for a body still arriving: chunks handed over from the loop."""
+
+    def __init__(
+        self, cycle: RequestCycle, loop: asyncio.AbstractEventLoop, high_water: int
+    ) -> None:
+        self._cycle = cycle
+        self._loop = loop
+        self._high_water = high_water
+        self._ready = threading.Condition(threading.Lock())
+        self._chunks: deque[bytes] = deque()
+        self._unread = 0
+        self._ended = False
+        self._gone = False
+        self._wants_pump = True
+
+    def pump(self) -> None:
+        """On the loop: move what the cycle has buffered over to this thread-side buffer."""
+        cycle = self._cycle
+        with self._ready:
+            if self._unread >= self._high_water:
+                self._wants_pump = True
+                return
+        data, more = cycle.take_body()
+        with self._ready:
+            if data:
+                self._chunks.append(data)
+                self._unread += len(data)
+            if not more:
+                if cycle.body_complete:
+                    self._ended = True
+                else:
+                    self._gone = True
+            self._ready.notify()
+        if more:
+            cycle.on_body_ready = self.pump
+
+    def read(self, size: int) -> bytes:
+        with self._ready:
+            while not self._chunks:
+                if self._ended:
+                    return b""
+                if self._gone or self._cycle.disconnected:
+                    raise ClientDisconnected("the client went away before the request body ended")
+                if self._wants_pump:
+                    self._wants_pump = False
+                    self._loop.call_soon_threadsafe(self.pump)
+                self._ready.wait(_WAKE_INTERVAL)
+            chunk = self._chunks.popleft()
+            if 0 <= size < len(chunk):
+                self._chunks.appendleft(chunk[size:])
+                chunk = chunk[:size]
+            self._unread -= len(chunk)
+            if self._wants_pump and self._unread < self._high_water // 2:
+                self._wants_pump = False
+                self._loop.call_soon_threadsafe(self.pump)
+            return chunk
+
+
+class ThreadSink:
+    """The response of one request, from its worker thread to the loop.
+
+    `start` and `end` only record: the job's single post at completion carries them, so a small
+    response crosses threads once. `write` posts at once and waits while too much is queued.
+    """
+
+    def __init__(
+        self,
+        cycle: RequestCycle,
+        loop: asyncio.AbstractEventLoop,
+        pool: WorkerPool,
+        high_water: int,
+    ) -> None:
+        self._cycle = cycle
+        self._loop = loop
+        self._pool = pool
+        self._high_water = high_water
+        self._head: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
+        self._tail: bytes | None = None
+        self._aborted = False
+        self._queued = 0
+        self._drained: threading.Condition | None = None
+
+    def start(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._head = (status, headers, reason)
+
+    def write(self, data: bytes) -> None:
+        cycle = self._cycle
+        if cycle.disconnected:
+            raise ClientDisconnected("the client went away")
+        drained = self._drained
+        if drained is None:
+            drained = self._drained = threading.Condition(threading.Lock())
+        head, self._head = self._head, None
+        with drained:
+            self._queued += len(data)
+        self._loop.call_soon_threadsafe(self._write_on_loop, head, data)
+        with drained:
+            while self._queued > self._high_water and not cycle.disconnected:
+                drained.wait(_WAKE_INTERVAL)
+        if cycle.disconnected:
+            raise ClientDisconnected("the client went away")
+
+    def _write_on_loop(
+        self, head: tuple[int, list[tuple[bytes, bytes]], bytes] | None, data: bytes
+    ) -> None:
+        cycle = self._cycle
+        if head is not None:
+            cycle.send_head(*head)
+        cycle.send_body(data)
+        cycle.when_writable(functools.partial(self._sent, len(data)))
+
+    def _sent(self, size: int) -> None:
+        drained = self._drained
+        assert drained is not None
+        with drained:
+            self._queued -= size
+            drained.notify()
+
+    def sendfile(self, file: Any, offset: int, count: int) -> bool:
+        head, self._head = self._head, None
+        future = asyncio.run_coroutine_threadsafe(
+            self._sendfile_on_loop(head, file, offset, count), self._loop
+        )
+        try:
+            future.result()
+        except (ConnectionError, RuntimeError) as exc:
+            raise ClientDisconnected(str(exc)) from exc
+        if self._cycle.disconnected:
+            raise ClientDisconnected("the client went away")
+        return True
+
+    async def _sendfile_on_loop(
+        self,
+        head: tuple[int, list[tuple[bytes, bytes]], bytes] | None,
+        file: Any,
+        offset: int,
+        count: int,
+    ) -> None:
+        if head is not None:
+            self._cycle.send_head(*head)
+        await self._cycle.sendfile(file, offset, count)
+
+    def end(self, data: bytes) -> None:
+        self._tail = data
+
+    def abort(self) -> None:
+        self._aborted = True
+
+    def complete(self) -> None:
+        """From the worker, once the application is done: the one post that finishes it all."""
+        self._loop.call_soon_threadsafe(
+            self._complete_on_loop, self._head, self._tail, self._aborted
+        )
+
+    def _complete_on_loop(
+        self,
+        head: tuple[int, list[tuple[bytes, bytes]], bytes] | None,
+        tail: bytes | None,
+        aborted: bool,
+    ) -> None:
+        self._pool.release()
+        cycle = self._cycle
+        if aborted or tail is None:
+            cycle.abort()
+            return
+        if head is not None:
+            cycle.send_head(*head)
+        if tail:
+            cycle.send_body(tail)
+        cycle.finish()
+
+
+class WSGIHandler:
+    """Serves each RequestCycle by running a WSGI application on the worker pool."""
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        pool: WorkerPool,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        root_path: str,
+        high_water: int,
+        worker_wait: float,
+    ) -> None:
+        self.app = app
+        self.pool = pool
+        self.loop = loop
+        self.root_path = root_path
+        self.high_water = high_water
+        self.worker_wait = worker_wait
+
+    def __call__(self, cycle: RequestCycle) -> None:
+        source: BodySource
+        if cycle.body_complete:
+            source = BytesSource(cycle.take_body()[0])
+        else:
+            thread_body = _ThreadBody(cycle, self.loop, self.high_water)
+            if cycle.body_buffered:
+                thread_body._wants_pump = False
+                thread_body.pump()
+            source = thread_body
+        sink = ThreadSink(cycle, self.loop, self.pool, self.high_water)
+        context = contextvars.copy_context()
+        job = functools.partial(context.run, self._run, cycle, source, sink)
+        self.pool.submit(job, functools.partial(_refuse_busy, cycle), self.worker_wait, self.loop)
+
+    def _run(self, cycle: RequestCycle, source: BodySource, sink: ThreadSink) -> None:
+        try:
+            if not cycle.disconnected:
+                run_wsgi(self.app, self.environ(cycle, source), sink)
+        finally:
+            sink.complete()
+
+    def environ(self, cycle: RequestCycle, source: BodySource) -> dict[str, Any]:
+        target = cycle.target
+        headers: Any = cycle.headers
+        if not target.startswith(b"/"):
+            target, headers = _origin_form(target, cycle.headers)
+        raw_path, _, query = target.partition(b"?")
+        path_info = path_info_from_raw(raw_path)
+        script_name = self.root_path
+        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+            path_info = path_info[len(script_name) :]
+        return build_environ(
+            method=cycle.method.decode("ascii"),
+            script_name=script_name,
+            path_info=path_info,
+            query_string=query.decode("latin-1"),
+            headers=headers,
+            http_version=cycle.http_version.decode("ascii"),
+            scheme=cycle.scheme,
+            client=cycle.client,
+            server=cycle.server,
+            body=source,
+        )
+
+
+def _origin_form(
+    target: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Absolute-form and `*` targets: the path (and query) the application should see.
+
+    RFC 9112 section 3.2.2: with an absolute-form target the Host header is replaced by the
+    target's authority.
+    """
+    if target == b"*":
+        return b"*", headers
+    _scheme, _, rest = target.partition(b"://")
+    authority, slash, path = rest.partition(b"/")
+    authority, _, _query_only = authority.partition(b"?")
+    path_and_query = slash + path if slash else b"/" + (b"?" + _query_only if _query_only else b"")
+    headers = [(name, value) for name, value in headers if name != b"host"]
+    headers.append((b"host", authority))
+    return path_and_query, headers
+
+
+def _refuse_busy(cycle: RequestCycle) -> None:
+    if not cycle.disconnected:
+        cycle.respond_error(503, "All workers are busy, retry later\n", [(b"retry-after", b"1")])
