@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from dualgate import __version__
+from dualgate.asgi import LifespanFailure
 from dualgate.config import AppLoadError, Config, ConfigError
 from dualgate.server import Server
 
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AppLoadError) as exc:
         print(f"dualgate: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except LifespanFailure as exc:
+        print(f"dualgate: error: {exc}", file=sys.stderr)
+        return 3
     except OSError as exc:
         print(f"dualgate: error: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -17,8 +17,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dualgate.asgi import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app
 from dualgate.logs import configure_logging, error_logger
+from dualgate.mounts import MountRouter
 from dualgate.protocol import HTTPProtocol, RequestHandler, ServerState
 from dualgate.workers import WorkerPool, WSGIHandler
 
@@ -38,6 +40,7 @@ class Server:
         self._force = False
         self._listeners: list[asyncio.Server] = []
         self._pool: WorkerPool | None = None
+        self._lifespans: list[Lifespan] = []
         self.state: ServerState | None = None
 
     @property
@@ -86,7 +89,7 @@ class Server:
 
     async def _startup(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
-        handler, description = self._build_handler(loop)
+        handler, description = await self._build_handler(loop)
         self.state = state = ServerState(config, handler)
 
         def protocol_factory() -> HTTPProtocol:
@@ -122,26 +125,48 @@ class Server:
         for address in self.addresses:
             error_logger.info("Serving %s on %s", description, _format_address(address))
 
-    def _build_handler(self, loop: asyncio.AbstractEventLoop) -> tuple[RequestHandler, str]:
+    async def _build_handler(self, loop: asyncio.AbstractEventLoop) -> tuple[RequestHandler, str]:
         config = self.config
-        if config.mount:
-            raise ConfigError("--mount needs the ASGI side of dualgate")
-        assert config.app is not None
-        loaded: LoadedApp = load_app(config.app, config)
-        if loaded.interface != "wsgi":
-            raise ConfigError(
-                f"{loaded.source} is an ASGI application; ASGI serving is not available"
+        mounts: list[tuple[str, str | Callable[..., Any]]] = [
+            (prefix, target) for prefix, _, target in (e.partition("=") for e in config.mount)
+        ]
+        if config.app is not None:
+            mounts.append(("/", config.app))
+        routes: list[tuple[str, RequestHandler]] = []
+        described = []
+        for prefix, target in mounts:
+            loaded = load_app(target, config)
+            root_path = config.root_path + prefix.rstrip("/")
+            routes.append((prefix.rstrip("/"), await self._handler_for(loaded, root_path, loop)))
+            kind = "WSGI" if loaded.interface == "wsgi" else "ASGI"
+            described.append((prefix, f"{kind} app {loaded.source}"))
+        threads = f" ({config.threads} threads)" if self._pool is not None else ""
+        if not config.mount:
+            return routes[0][1], described[0][1] + threads
+        listing = ", ".join(f"{prefix} -> {what}" for prefix, what in described)
+        return MountRouter(routes), f"mounts {listing}{threads}"
+
+    async def _handler_for(
+        self, loaded: LoadedApp, root_path: str, loop: asyncio.AbstractEventLoop
+    ) -> RequestHandler:
+        config = self.config
+        if loaded.interface == "wsgi":
+            if self._pool is None:
+                self._pool = WorkerPool(config.threads)
+            return WSGIHandler(
+                loaded.app,
+                self._pool,
+                loop,
+                root_path=root_path,
+                high_water=config.body_buffer_size,
+                worker_wait=config.timeout_worker,
             )
-        self._pool = WorkerPool(config.threads)
-        handler = WSGIHandler(
-            loaded.app,
-            self._pool,
-            loop,
-            root_path=config.root_path,
-            high_water=config.body_buffer_size,
-            worker_wait=config.timeout_worker,
-        )
-        return handler, f"WSGI app {loaded.source} ({config.threads} threads)"
+        lifespan = None
+        if config.lifespan != "off":
+            lifespan = Lifespan(loaded.app, config.lifespan, loaded.source)
+            self._lifespans.append(lifespan)
+            await lifespan.startup()
+        return ASGIHandler(loaded.app, root_path, lifespan)
 
     def _tick_date(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.state is not None and not self.state.shutting_down:
@@ -175,6 +200,9 @@ class Server:
         error_logger.info("Stopped")
 
     async def _cleanup(self) -> None:
+        lifespans, self._lifespans = self._lifespans, []
+        for lifespan in lifespans:
+            await lifespan.shutdown(self.config.timeout_graceful_shutdown)
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()

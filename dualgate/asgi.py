@@ -1,0 +1,296 @@
+"""ASGI 3 on the HTTP core: the request scope, receive()/send() over a RequestCycle, lifespan.
+
+Rules of this file:
+- Everything runs on the event loop; an ASGI request is one task.
+- `send()` refuses messages out of order with a RuntimeError naming what was expected. The head
+  is held until the first body message so a small response goes out in one write.
+- `receive()` hands out what the cycle has buffered (the loop stops reading the socket while it
+  is not taken), then `http.disconnect` once the client has gone or the response is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from collections.abc import Callable
+from typing import Any, cast
+from urllib.parse import unquote
+
+from asgiref.typing import ASGI3Application, HTTPScope
+
+from dualgate.logs import error_logger
+from dualgate.protocol import RequestCycle
+
+__all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+Message = dict[str, Any]
+
+
+class ClientGone(OSError):
+    """send() after the client disconnected (the ASGI spec asks for an OSError subclass)."""
+
+
+def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | None) -> HTTPScope:
+    target = cycle.target
+    if not target.startswith(b"/"):
+        target = _path_of_absolute_form(target)
+    raw_path, _, query = target.partition(b"?")
+    path = unquote(raw_path.decode("ascii", "surrogateescape"))
+    if root_path and not (path == root_path or path.startswith(root_path + "/")):
+        # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
+        path = root_path + path
+        raw_path = root_path.encode("utf-8") + raw_path
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": cycle.http_version.decode("ascii"),
+        "method": cycle.method.decode("ascii"),
+        "scheme": cycle.scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": cycle.headers,
+        "client": cycle.client,
+        "server": cycle.server,
+        "extensions": {"http.response.pathsend": {}},
+    }
+    if state is not None:
+        scope["state"] = state.copy()
+    return cast(HTTPScope, scope)
+
+
+def _path_of_absolute_form(target: bytes) -> bytes:
+    if target == b"*":
+        return b"*"
+    rest = target.partition(b"://")[2]
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    if slash < 0 or 0 <= query < slash:
+        return b"/" + (rest[query:] if query >= 0 else b"")
+    return rest[slash:]
+
+
+class _Exchange:
+    """receive() and send() of one request, over its RequestCycle."""
+
+    __slots__ = ("_body_done", "_cycle", "_head", "_wake_receiver")
+
+    def __init__(self, cycle: RequestCycle) -> None:
+        self._cycle = cycle
+        self._head: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self._body_done = False
+        # Wakes a receive() waiting for the end: set on disconnect, or when send() completes.
+        self._wake_receiver: Callable[[], None] | None = None
+
+    def _waiter(self) -> tuple[asyncio.Future[None], Callable[[], None]]:
+        future: asyncio.Future[None] = self._cycle.loop.create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        return future, wake
+
+    async def receive(self) -> Message:
+        cycle = self._cycle
+        while not self._body_done:
+            if cycle.disconnected or cycle.response_complete:
+                break
+            data, more = cycle.take_body()
+            if data or not more:
+                self._body_done = not more
+                if cycle.disconnected and not cycle.body_complete:
+                    break
+                return {"type": "http.request", "body": data, "more_body": more}
+            future, cycle.on_body_ready = self._waiter()
+            await future
+        while not cycle.disconnected and not cycle.response_complete:
+            future, wake = self._waiter()
+            cycle.on_disconnect = self._wake_receiver = wake
+            await future
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        cycle = self._cycle
+        kind = message["type"]
+        if not cycle.head_sent and self._head is None:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
+            self._head = (_status(message), _headers(message.get("headers", ())))
+            return
+        if cycle.response_complete:
+            if cycle.disconnected:
+                raise ClientGone("the client went away")
+            raise RuntimeError(f"{kind!r} sent after the response was complete")
+        if kind == "http.response.body":
+            body = message.get("body", b"")
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"http.response.body 'body' must be bytes, not {type(body).__name__}"
+                )
+            self._flush_head()
+            cycle.send_body(bytes(body))
+            if not message.get("more_body", False):
+                self._finish()
+            elif cycle.writing_paused:
+                future, wake = self._waiter()
+                cycle.when_writable(wake)
+                await future
+        elif kind == "http.response.pathsend":
+            self._flush_head()
+            await self._send_path(message["path"])
+            self._finish()
+        else:
+            raise RuntimeError(
+                f"expected 'http.response.body' or 'http.response.pathsend', got {kind!r}"
+            )
+        if cycle.disconnected:
+            raise ClientGone("the client went away")
+
+    def _flush_head(self) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self._cycle.send_head(*head)
+
+    def _finish(self) -> None:
+        self._cycle.finish()
+        if self._wake_receiver is not None:
+            self._wake_receiver()
+
+    async def _send_path(self, path: str) -> None:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            await self._cycle.sendfile(file, 0, size)
+
+
+def _status(message: Message) -> int:
+    status = message.get("status")
+    if type(status) is not int or not 100 <= status <= 999:
+        raise ValueError(f"http.response.start 'status' must be an int status code, got {status!r}")
+    return status
+
+
+def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for name, value in raw:
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise TypeError(f"ASGI header names and values must be bytes: {(name, value)!r}")
+        headers.append((name, value))
+    return headers
+
+
+async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle) -> None:
+    """Run one request through an ASGI application; errors become a 500 or a broken-off response."""
+    exchange = _Exchange(cycle)
+    try:
+        await app(scope, exchange.receive, exchange.send)  # type: ignore[arg-type]
+    except ClientGone:
+        pass
+    except Exception:
+        error_logger.exception("Exception in ASGI application %s", scope["path"])
+        cycle.respond_error(500, "Internal Server Error\n")
+        return
+    if not cycle.response_complete:
+        if not cycle.head_sent and exchange._head is None:
+            error_logger.error("ASGI application returned without starting a response")
+            cycle.respond_error(500, "Internal Server Error\n")
+        else:
+            error_logger.error("ASGI application returned without completing its response")
+            cycle.abort()
+
+
+class ASGIHandler:
+    """Serves each RequestCycle by running an ASGI application as a task on the loop."""
+
+    def __init__(self, app: ASGI3Application, root_path: str, lifespan: Lifespan | None) -> None:
+        self.app = app
+        self.root_path = root_path
+        self.lifespan = lifespan
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, cycle: RequestCycle) -> None:
+        state = (
+            self.lifespan.state if self.lifespan is not None and self.lifespan.supported else None
+        )
+        scope = build_scope(cycle, self.root_path, state)
+        task = cycle.loop.create_task(run_asgi(self.app, scope, cycle))
+        # The loop keeps only weak references to tasks.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class LifespanFailure(RuntimeError):
+    """Start-up (or, with --lifespan on, the lifespan protocol itself) failed."""
+
+
+class Lifespan:
+    """The ASGI lifespan protocol: startup before serving, shutdown after."""
+
+    def __init__(self, app: ASGI3Application, mode: str, name: str = "application") -> None:
+        self.app = app
+        self.mode = mode
+        self.name = name
+        self.state: dict[str, Any] = {}
+        self.supported = True
+        self._events: asyncio.Queue[Message] = asyncio.Queue()
+        self._replies: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+
+    async def startup(self) -> None:
+        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
+        self._task = asyncio.get_running_loop().create_task(self._run(scope))
+        await self._events.put({"type": "lifespan.startup"})
+        reply = await self._reply()
+        if reply is None:
+            if self.mode == "on":
+                raise LifespanFailure(f"lifespan startup of {self.name} failed: {self._error!r}")
+            self.supported = False
+            error_logger.info("%s does not support ASGI lifespan; serving without it", self.name)
+            return
+        if reply["type"] == "lifespan.startup.failed":
+            raise LifespanFailure(f"startup of {self.name} failed: {reply.get('message', '')}")
+        if reply["type"] != "lifespan.startup.complete":
+            raise LifespanFailure(f"unexpected lifespan message during startup: {reply['type']!r}")
+
+    async def shutdown(self, timeout: float) -> None:
+        if not self.supported or self._task is None or self._task.done():
+            return
+        await self._events.put({"type": "lifespan.shutdown"})
+        try:
+            reply = await asyncio.wait_for(self._reply(), timeout)
+        except TimeoutError:
+            error_logger.error("lifespan shutdown of %s did not finish in %gs", self.name, timeout)
+            self._task.cancel()
+            return
+        if reply is not None and reply["type"] == "lifespan.shutdown.failed":
+            error_logger.error("shutdown of %s failed: %s", self.name, reply.get("message", ""))
+
+    async def _reply(self) -> Message | None:
+        """The app's next message, or None when it ended (or raised) instead of answering."""
+        assert self._task is not None
+        getter = asyncio.ensure_future(self._replies.get())
+        done, _ = await asyncio.wait({getter, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        return None
+
+    async def _run(self, scope: dict[str, Any]) -> None:
+        try:
+            await self.app(cast(Any, scope), self._receive, self._send)  # type: ignore[arg-type]
+        except BaseException as exc:
+            self._error = exc
+            if self.mode == "on" or not isinstance(exc, Exception):
+                error_logger.error("lifespan of %s raised", self.name, exc_info=exc)
+            else:
+                error_logger.debug("lifespan of %s raised", self.name, exc_info=exc)
+
+    async def _receive(self) -> Message:
+        return await self._events.get()
+
+    async def _send(self, message: Message) -> None:
+        await self._replies.put(copy.copy(message))

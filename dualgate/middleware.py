@@ -1,0 +1,293 @@
+"""`WSGIMiddleware`: a WSGI application as an ASGI 3 application, under any ASGI server.
+
+The PEP 3333 rules are those of wsgi.py, the very code the server runs; only the feeding
+differs. The request body is read from `receive()` on demand, one message at a time, as the
+application reads `wsgi.input` (nothing is buffered ahead, so the ASGI server's own flow
+control holds the client back). Each response chunk waits for `send()` to return, so a slow
+client slows the application instead of filling memory. Once the request body has been read,
+a listener watches for `http.disconnect`, so an application streaming to a vanished client gets
+an error on its next chunk and its `close()` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any, cast
+from wsgiref.types import WSGIApplication
+
+from dualgate.workers import WorkerPool
+from dualgate.wsgi import (
+    BytesSource,
+    ClientDisconnected,
+    build_environ,
+    path_info_from_raw,
+    run_wsgi,
+)
+
+__all__ = ["WSGIMiddleware"]
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Head = tuple[int, list[tuple[bytes, bytes]]]
+
+
+class WSGIMiddleware:
+    """Run `app` (WSGI) for each ASGI `http` request, in a bounded pool of threads.
+
+    `pool` may be shared between several middlewares (and with dualgate's server); by default
+    each middleware starts its own `threads` threads on its first request. A request that
+    finds no free thread within `worker_wait` seconds gets 503.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        threads: int = 8,
+        pool: WorkerPool | None = None,
+        worker_wait: float = 10.0,
+    ) -> None:
+        self.app = app
+        self.threads = threads
+        self.worker_wait = worker_wait
+        self._pool = pool
+
+    @property
+    def pool(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(self.threads, name="dualgate-wsgi-middleware")
+        return self._pool
+
+    async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _answer_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            raise RuntimeError(f"WSGIMiddleware serves 'http' scopes, not {scope['type']!r}")
+        loop = asyncio.get_running_loop()
+        first = await receive()
+        exchange = _Exchange(loop, receive, send)
+        if first["type"] == "http.disconnect":
+            return
+        body = first.get("body", b"")
+        if first.get("more_body", False):
+            source: Any = _StreamingBody(exchange, body)
+        else:
+            source = BytesSource(body)
+            exchange.watch_disconnect()
+        environ = _environ(scope, source)
+        finished: asyncio.Future[None] = loop.create_future()
+        sink = _Sink(exchange)
+
+        pool = self.pool
+
+        def job_done() -> None:
+            pool.release()
+            _resolve(finished)
+
+        def job() -> None:
+            try:
+                if not exchange.disconnected:
+                    run_wsgi(self.app, environ, sink)
+            finally:
+                loop.call_soon_threadsafe(job_done)
+
+        refused = False
+
+        def refuse() -> None:
+            nonlocal refused
+            refused = True
+            _resolve(finished)
+
+        context = contextvars.copy_context()
+        pool.submit(functools.partial(context.run, job), refuse, self.worker_wait, loop)
+        try:
+            # Shielded: if this task is cancelled, the thread still finishes and frees its slot.
+            await asyncio.shield(finished)
+        finally:
+            exchange.stop_watching()
+        if refused:
+            await _send_busy(send)
+            return
+        await sink.flush()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Exchange:
+    """The ASGI side of one request, reached from the worker thread by posting to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send) -> None:
+        self.loop = loop
+        self.receive = receive
+        self.send = send
+        self.disconnected = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    def call(self, coroutine: Any) -> Any:
+        """From the worker thread: run `coroutine` on the loop and wait for its result."""
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        return future.result()
+
+    def watch_disconnect(self) -> None:
+        """On the loop, once the body has been read: learn of a disconnect while responding."""
+        if self._watcher is None:
+            self._watcher = self.loop.create_task(self._watch())
+
+    def watch_from_thread(self) -> None:
+        self.loop.call_soon_threadsafe(self.watch_disconnect)
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                return
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+
+class _StreamingBody:
+    """wsgi.input's source when the body comes in several ASGI messages."""
+
+    def __init__(self, exchange: _Exchange, first: bytes) -> None:
+        self._exchange = exchange
+        self._pending = first
+        self._ended = False
+
+    def read(self, size: int) -> bytes:
+        while not self._pending and not self._ended:
+            message = self._exchange.call(self._exchange.receive())
+            if message["type"] == "http.disconnect":
+                self._exchange.disconnected = True
+                raise ClientDisconnected("the client went away before the request body ended")
+            self._pending = message.get("body", b"")
+            if not message.get("more_body", False):
+                self._ended = True
+                self._exchange.watch_from_thread()
+        if size < 0 or size >= len(self._pending):
+            data, self._pending = self._pending, b""
+        else:
+            data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+
+class _Sink:
+    """The bridge's ResponseSink over ASGI send(). A small response is sent after the
+    application returns, on the loop, without crossing threads again."""
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+        self._head: Head | None = None
+        self._tail: bytes | None = None
+        self._aborted = False
+        self._started = False
+
+    def start(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._head = (status, headers)
+
+    def write(self, data: bytes) -> None:
+        if self._exchange.disconnected:
+            raise ClientDisconnected("the client went away")
+        try:
+            self._exchange.call(self._send(data, more=True))
+        except OSError as exc:
+            raise ClientDisconnected(str(exc)) from exc
+        if self._exchange.disconnected:
+            raise ClientDisconnected("the client went away")
+
+    def sendfile(self, file: Any, offset: int, count: int) -> bool:
+        return False
+
+    def end(self, data: bytes) -> None:
+        self._tail = data
+
+    def abort(self) -> None:
+        self._aborted = True
+
+    async def _send(self, data: bytes, more: bool) -> None:
+        head, self._head = self._head, None
+        if head is not None:
+            self._started = True
+            status, headers = head
+            await self._exchange.send(
+                {"type": "http.response.start", "status": status, "headers": headers}
+            )
+        await self._exchange.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def flush(self) -> None:
+        """On the loop, after the application returned: send what `end` left, or break off."""
+        if self._aborted or self._tail is None:
+            if self._started and not self._exchange.disconnected:
+                # An ASGI server closes the connection when the application raises mid-response.
+                raise ClientDisconnected("WSGI response broken off")
+            return
+        try:
+            await self._send(self._tail, more=False)
+        except OSError:
+            if not self._exchange.disconnected:
+                raise
+
+
+async def _send_busy(send: Send) -> None:
+    body = b"All workers are busy, retry later\n"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _answer_lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _environ(scope: Any, source: Any) -> dict[str, Any]:
+    root_path = cast(str, scope.get("root_path", ""))
+    path = cast(str, scope["path"])
+    raw_path = scope.get("raw_path")
+    script_name = root_path.encode("utf-8").decode("latin-1")
+    if raw_path and not root_path:
+        path_info = path_info_from_raw(raw_path.partition(b"?")[0])
+    else:
+        # Under a mount, raw_path still carries the prefix; the decoded path is the reliable one.
+        if root_path and (path == root_path or path.startswith(root_path + "/")):
+            path = path[len(root_path) :]
+        path_info = path.encode("utf-8").decode("latin-1")
+    client = scope.get("client")
+    server = scope.get("server")
+    return build_environ(
+        method=scope["method"],
+        script_name=script_name,
+        path_info=path_info,
+        query_string=scope.get("query_string", b"").decode("latin-1"),
+        headers=scope["headers"],
+        http_version=scope.get("http_version", "1.1"),
+        scheme=scope.get("scheme", "http"),
+        client=(client[0], client[1]) if client else None,
+        server=(server[0], server[1]) if server else None,
+        body=source,
+    )
