@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from http import HTTPStatus
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,6 +46,7 @@ _STATUS_TEXT = {
     503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
@@ -514,7 +516,10 @@ class HTTPProtocol(asyncio.Protocol):
         if self.state.shutting_down:
             headers = [*headers, (b"connection", b"close")]
         try:
-            data = self.conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
+            response = h11.Response(
+                status_code=status, headers=headers, reason=reason or _REASONS.get(status, b"")
+            )
+            data = self.conn.send(response)
         except h11.LocalProtocolError as exc:
             error_logger.error("Response head refused: %s", exc)
             cycle.response_complete = True
