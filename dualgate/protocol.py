@@ -20,8 +20,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from http import HTTPStatus
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, cast
 
 import h11
