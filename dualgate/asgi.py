@@ -131,9 +131,16 @@ class _Exchange:
                 raise TypeError(
                     f"http.response.body 'body' must be bytes, not {type(body).__name__}"
                 )
-            self._flush_head()
+            more = message.get("more_body", False)
+            head, self._head = self._head, None
+            if head is not None and not more:
+                cycle.respond(head[0], head[1], bytes(body))
+                self._finish()
+                return
+            if head is not None:
+                cycle.send_head(*head)
             cycle.send_body(bytes(body))
-            if not message.get("more_body", False):
+            if not more:
                 self._finish()
             elif cycle.writing_paused:
                 future, wake = self._waiter()

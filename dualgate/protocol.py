@@ -17,7 +17,9 @@ Rules of this file:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import h11
 
+from dualgate.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head, wants_keep_alive
 from dualgate.logs import access_logger, error_logger, format_access
 
 if TYPE_CHECKING:
@@ -36,17 +39,15 @@ __all__ = ["HTTPProtocol", "RequestCycle", "ServerState"]
 Headers = list[tuple[bytes, bytes]]
 RequestHandler = Callable[["RequestCycle"], None]
 
-_STATUS_TEXT = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-    505: b"HTTP Version Not Supported",
-}
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# RFC 9110 renamed these; Python 3.11's http module still has the RFC 7231 phrases.
+_REASONS.update({413: b"Content Too Large", 414: b"URI Too Long", 422: b"Unprocessable Content"})
+# uri-host [":" port] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): IP-literal, or
+# IPv4address / reg-name, which may be empty; no userinfo, path or whitespace.
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::[0-9]*)?"
+)
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
@@ -91,12 +92,15 @@ class RequestCycle:
         "body_complete",
         "body_received",
         "disconnected",
+        "framing",
         "head_sent",
         "headers",
         "http_version",
+        "keep_alive",
         "method",
         "on_body_ready",
         "on_disconnect",
+        "remaining",
         "response_complete",
         "sent_bytes",
         "started_at",
@@ -124,6 +128,9 @@ class RequestCycle:
         self.response_complete = False
         self.status = 0
         self.sent_bytes = 0
+        self.keep_alive = True
+        self.framing = EMPTY
+        self.remaining = 0
 
     # -- the connection, as an interface may need it -------------------------------------
 
@@ -202,10 +209,16 @@ class RequestCycle:
         self.head_sent = True
         self._protocol.send_head(self, status, headers, reason)
 
+    def respond(self, status: int, headers: Headers, body: bytes, reason: bytes = b"") -> None:
+        """A whole response at once: head and body in one write, then finish."""
+        self.status = status
+        self.head_sent = True
+        self._protocol.send_head(self, status, headers, reason, whole_body=body)
+
     def send_body(self, data: bytes) -> None:
         if data and not self.disconnected:
             self.sent_bytes += len(data)
-            self._protocol.send_body(data)
+            self._protocol.send_body(self, data)
 
     def finish(self) -> None:
         """The response is complete; the connection moves on to its next request or closes."""
@@ -227,12 +240,9 @@ class RequestCycle:
         body = message.encode("utf-8", "replace")
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
             *(extra or ()),
         ]
-        self.send_head(status, headers, _STATUS_TEXT.get(status, b""))
-        self.send_body(body)
-        self.finish()
+        self.respond(status, headers, body)
 
     @property
     def writing_paused(self) -> bool:
@@ -339,10 +349,23 @@ class HTTPProtocol(asyncio.Protocol):
     def _handle_events(self) -> None:
         conn = self.conn
         while not self._closed:
+            if conn.their_state is h11.MUST_CLOSE and conn.trailing_data[0]:
+                # The request just read was the connection's last (HTTP/1.0, or "Connection:
+                # close"). h11 raises on any byte after it, which turned the answer to that
+                # valid request into a 400. RFC 9112 section 9.6: send its response, then
+                # close, processing nothing more; so leave those bytes unread.
+                self._pause_reading()
+                return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._refuse(exc.error_status_hint, f"Malformed request: {exc}")
+                status = exc.error_status_hint
+                if status == 501 and not _final_coding_is_chunked(self._head_window):
+                    # h11 answers every Transfer-Encoding but a lone "chunked" with 501; RFC
+                    # 9112 section 6.3 item 4 makes a request whose final coding is not chunked
+                    # a MUST-400 ("chunked, gzip", "gzip"). 501 stays for "gzip, chunked".
+                    status = 400
+                self._refuse(status, f"Malformed request: {exc}")
                 return
             event_type = type(event)
             if event_type is h11.Data:
@@ -370,6 +393,10 @@ class HTTPProtocol(asyncio.Protocol):
         head_size = len(window) - len(self.conn.trailing_data[0])
         self._head_window = None
         self.cycle = cycle = RequestCycle(self, request)
+        cycle.keep_alive = wants_keep_alive(
+            request.http_version,
+            [value for name, value in request.headers if name == b"connection"],
+        )
         refusal = self._check_request(request, bytes(window[:head_size]))
         if refusal is not None:
             self._refuse(*refusal)
@@ -407,6 +434,10 @@ class HTTPProtocol(asyncio.Protocol):
                 length = int(value)
             elif name == b"transfer-encoding":
                 has_chunked = True
+            elif name == b"host" and not _HOST.fullmatch(value):
+                # RFC 9112 section 3.2: a Host that is not uri-host [":" port] MUST get a 400
+                # (h11 checks only that there is exactly one).
+                return 400, "Invalid Host header"
         if has_length and has_chunked:
             return 400, "Both Content-Length and Transfer-Encoding"
         if config.max_body_size is not None and length > config.max_body_size:
@@ -419,8 +450,13 @@ class HTTPProtocol(asyncio.Protocol):
             if method != b"OPTIONS":
                 return 400, "The * target is for OPTIONS only"
         elif not target.startswith(b"/"):
-            scheme, sep, _rest = target.partition(b"://")
+            scheme, sep, rest = target.partition(b"://")
             if not sep or scheme.lower() not in (b"http", b"https"):
+                return 400, "Invalid request target"
+            # RFC 9110 sections 4.2.1 and 4.2.4: an http(s) URI with an empty host is invalid,
+            # and userinfo in it is an error; the authority becomes the Host the app sees.
+            authority = re.split(rb"[/?#]", rest, maxsplit=1)[0]
+            if authority[:1] in (b"", b":") or not _HOST.fullmatch(authority):
                 return 400, "Invalid request target"
         return None
 
@@ -469,11 +505,13 @@ class HTTPProtocol(asyncio.Protocol):
             self._arm_timer(self.state.config.timeout_read, "request body")
 
     def send_continue(self) -> None:
+        cycle = self.cycle
         if (
             self.conn.client_is_waiting_for_100_continue
-            and self.conn.our_state is h11.SEND_RESPONSE
+            and cycle is not None
+            and not cycle.head_sent
         ):
-            self._write(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._reading_paused and self.conn.their_state is h11.SEND_BODY:
             self._resume_reading()
 
@@ -506,61 +544,114 @@ class HTTPProtocol(asyncio.Protocol):
         if data and self.transport is not None and not self._closed:
             self.transport.write(data)
 
-    def send_head(self, cycle: RequestCycle, status: int, headers: Headers, reason: bytes) -> None:
+    def send_head(
+        self,
+        cycle: RequestCycle,
+        status: int,
+        headers: Headers,
+        reason: bytes,
+        whole_body: bytes | None = None,
+    ) -> None:
+        """Write the head; with `whole_body`, the body too, in one write, and finish."""
         if cycle is not self.cycle or self._closed:
             return
-        extra = self.state.default_headers
-        if extra:
-            names = {name.lower() for name, _ in headers}
-            headers = headers + [item for item in extra if item[0] not in names]
-        if self.state.shutting_down:
-            headers = [*headers, (b"connection", b"close")]
         try:
-            response = h11.Response(
-                status_code=status, headers=headers, reason=reason or _REASONS.get(status, b"")
+            head = build_head(
+                status,
+                reason or _REASONS.get(status, b""),
+                headers,
+                head_request=cycle.method == b"HEAD",
+                http11=cycle.http_version == b"1.1",
+                keep_alive=cycle.keep_alive and not self.state.shutting_down,
+                whole_body=None if whole_body is None else len(whole_body),
+                extra=self.state.default_headers,
             )
-            data = self.conn.send(response)
-        except h11.LocalProtocolError as exc:
-            error_logger.error("Response head refused: %s", exc)
-            cycle.response_complete = True
-            self._close()
+        except ValueError as exc:
+            error_logger.error("Response refused: %s", exc)
+            cycle.head_sent = False
+            self._refuse(500, "Internal Server Error")
             return
-        self._write(data)
+        cycle.keep_alive = head.keep_alive
+        cycle.framing = head.framing
+        cycle.remaining = head.length
+        if whole_body is None:
+            self._write(head.data)
+            return
+        if whole_body and head.framing != EMPTY:
+            cycle.sent_bytes += len(whole_body)
+            cycle.remaining = 0
+            self._write(head.data + whole_body)
+        else:
+            self._write(head.data)
+        cycle.response_complete = True
+        self.finish(cycle)
 
-    def send_body(self, data: bytes) -> None:
-        if self._closed or self.conn.our_state is not h11.SEND_BODY:
+    def send_body(self, cycle: RequestCycle, data: bytes) -> None:
+        if cycle is not self.cycle or self._closed:
             return
-        if self.conn._request_method == b"HEAD":  # h11 frames HEAD responses as empty
-            return
-        self._write(self.conn.send(h11.Data(data=data)))
+        framing = cycle.framing
+        if framing == LENGTH:
+            if len(data) > cycle.remaining:
+                excess = len(data) - cycle.remaining
+                raise ValueError(f"response body exceeds its Content-Length by {excess} bytes")
+            cycle.remaining -= len(data)
+            self._write(data)
+        elif framing == CHUNKED:
+            self._write(b"%x\r\n%s\r\n" % (len(data), data))
+        elif framing == CLOSE:
+            self._write(data)
+        # EMPTY: a HEAD, 204 or 304 response; the body never reaches the wire.
 
     async def sendfile(self, cycle: RequestCycle, file: Any, offset: int, count: int) -> None:
-        if self._closed or self.conn.our_state is not h11.SEND_BODY or self.transport is None:
+        if cycle is not self.cycle or self._closed or self.transport is None:
             return
-        if self.conn._request_method == b"HEAD":
+        framing = cycle.framing
+        if framing == EMPTY:
             return
-        parts = self.conn.send_with_data_passthrough(h11.Data(data=cast(bytes, _FileSpan(count))))
-        assert parts is not None
-        for part in parts:
-            if isinstance(part, _FileSpan):
-                await self.loop.sendfile(self.transport, file, offset, count)
-            else:
-                self._write(part)
+        if framing == LENGTH:
+            count = min(count, cycle.remaining)
+            cycle.remaining -= count
+        if framing == CHUNKED:
+            self._write(b"%x\r\n" % count)
+        sendfile = getattr(self.loop, "sendfile", None)
+        if sendfile is not None:
+            await sendfile(self.transport, file, offset, count)
+        else:
+            await self._copy_file(file, offset, count)
+        if framing == CHUNKED:
+            self._write(b"\r\n")
         cycle.sent_bytes += count
+
+    async def _copy_file(self, file: Any, offset: int, count: int) -> None:
+        """For loops without sendfile (uvloop): read and write in blocks, waiting for drain."""
+        file.seek(offset)
+        while count > 0 and not self._closed:
+            block = file.read(min(count, 262144))
+            if not block:
+                break
+            count -= len(block)
+            self._write(block)
+            if self._writing_paused:
+                drained: asyncio.Future[None] = self.loop.create_future()
+                self.when_writable(functools.partial(_resolve, drained))
+                await drained
 
     def finish(self, cycle: RequestCycle) -> None:
         if cycle is not self.cycle or self._closed:
             return
-        try:
-            self._write(self.conn.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError as exc:
+        framing = cycle.framing
+        if framing == CHUNKED:
+            self._write(b"0\r\n\r\n")
+        elif framing == LENGTH and cycle.remaining:
             # Fewer bytes than the declared Content-Length: the client must see a broken body.
-            error_logger.error("Response incomplete: %s", exc)
+            error_logger.error(
+                "Response ended %d bytes short of its Content-Length; closing", cycle.remaining
+            )
             self._log_access(cycle)
             self._close()
             return
         self._log_access(cycle)
-        if self.conn.our_state is h11.MUST_CLOSE or self.state.shutting_down:
+        if not cycle.keep_alive or framing == CLOSE or self.state.shutting_down:
             self._close()
         elif self.conn.their_state is h11.DONE:
             self._start_next_cycle()
@@ -596,15 +687,20 @@ class HTTPProtocol(asyncio.Protocol):
         )
 
     def _start_next_cycle(self) -> None:
-        try:
-            self.conn.start_next_cycle()
-        except h11.LocalProtocolError:
-            self._close()
-            return
+        # A fresh parser per request: h11 only ever parses here (framing.py writes responses),
+        # and a new Connection costs less than keeping its server-side state machine in step.
+        pipelined, closed = self.conn.trailing_data
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.state.config.max_head_size
+        )
+        if pipelined:
+            self.conn.receive_data(pipelined)
+        if closed:
+            self.conn.receive_data(b"")
         self.cycle = None
         self._dispatched_cycle = None
         self._draining = 0
-        self._head_window = self.conn.trailing_data[0]
+        self._head_window = pipelined
         if self._head_window:
             self._head_timer_armed = True
             self._arm_timer(self.state.config.timeout_request_head, "request head")
@@ -623,24 +719,18 @@ class HTTPProtocol(asyncio.Protocol):
         if cycle is not None and cycle.head_sent:
             self._close()
             return
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = message.encode("utf-8", "replace") + b"\n"
-            headers = [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-                *(extra or ()),
-                *self.state.default_headers,
-            ]
-            try:
-                response = h11.Response(
-                    status_code=status, headers=headers, reason=_STATUS_TEXT.get(status, b"")
-                )
-                self._write(self.conn.send(response))
-                self._write(self.conn.send(h11.Data(data=body)))
-                self._write(self.conn.send(h11.EndOfMessage()))
-            except h11.LocalProtocolError:
-                pass
+        body = message.encode("utf-8", "replace") + b"\n"
+        head = build_head(
+            status,
+            _REASONS.get(status, b""),
+            [(b"content-type", b"text/plain; charset=utf-8"), *(extra or ())],
+            head_request=cycle is not None and cycle.method == b"HEAD",
+            http11=True,
+            keep_alive=False,
+            whole_body=len(body),
+            extra=self.state.default_headers,
+        )
+        self._write(head.data if head.framing == EMPTY else head.data + body)
         if cycle is not None:
             cycle.status = status
             cycle.response_complete = True
@@ -666,7 +756,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._timer = None
         if self._closed:
             return
-        if what == "request head" and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if what == "request head" and (self.cycle is None or not self.cycle.head_sent):
             error_logger.debug("%s: request head not received in time", self.client)
             self.cycle = None
             self._refuse(408, "Request head not received in time")
@@ -695,13 +785,19 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-class _FileSpan:
-    """Stands in for file bytes in h11's framing, so the bytes themselves can go by sendfile."""
+def _final_coding_is_chunked(head: bytes | bytearray | None) -> bool:
+    """Whether the Transfer-Encoding header(s) in a raw head end with chunked, applied once.
 
-    __slots__ = ("count",)
+    Chunked twice ("chunked, chunked") is malformed (RFC 9112 section 7), so a 400 too.
+    """
+    codings: list[bytes] = []
+    for line in bytes(head or b"").split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.lower() == b"transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
+    return codings[-1:] == [b"chunked"] and codings.count(b"chunked") == 1
 
-    def __init__(self, count: int) -> None:
-        self.count = count
 
-    def __len__(self) -> int:
-        return self.count
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

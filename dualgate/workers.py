@@ -287,7 +287,9 @@ class ThreadSink:
             cycle.abort()
             return
         if head is not None:
-            cycle.send_head(*head)
+            status, headers, reason = head
+            cycle.respond(status, headers, tail, reason)
+            return
         if tail:
             cycle.send_body(tail)
         cycle.finish()

@@ -414,6 +414,8 @@ def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None
         if lower == "content-length":
             if not value.isdigit() or not value.isascii():
                 raise ValueError(f"invalid Content-Length: {value!r}")
+            if content_length is not None and int(value) != content_length:
+                raise ValueError("conflicting Content-Length headers")
             content_length = int(value)
         try:
             encoded.append((name.encode("latin-1"), value.encode("latin-1")))

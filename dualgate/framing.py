@@ -1,0 +1,137 @@
+"""The response half of HTTP/1.1: one response head as one bytes join, and its body framing.
+
+Why not `h11.Connection.send`: per response it builds a fresh Response event, normalises and
+re-validates every header, and runs its writers; that is half of h11's cost per request (see
+`python -m benchmarks --scenarios floor`). h11 still parses every request; the rules for
+writing a response are few, and these are they (RFC 9112 section 6, RFC 9110 section 6.4.1):
+- no body for HEAD, 1xx, 204 and 304 (a HEAD response keeps the framing headers a GET gets);
+- a Content-Length given by the application frames the body; without one, a body known whole
+  gets one, a HTTP/1.1 client gets chunked, a HTTP/1.0 client a body ended by closing;
+- `Connection: close` whenever the server will close, `keep-alive` to a HTTP/1.0 client it keeps.
+Header names must be tokens and values free of control characters, as h11 would insist.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["CHUNKED", "CLOSE", "EMPTY", "LENGTH", "ResponseHead", "build_head", "wants_keep_alive"]
+
+Headers = list[tuple[bytes, bytes]]
+
+# How a response body is framed on the wire.
+EMPTY = 0  # no body may be sent (HEAD, 1xx, 204, 304)
+LENGTH = 1  # Content-Length
+CHUNKED = 2  # Transfer-Encoding: chunked
+CLOSE = 3  # ended by closing the connection (HTTP/1.0 clients only)
+
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_valid_names: set[bytes] = set()
+
+
+class ResponseHead:
+    """A serialised response head and what it decided about the body and the connection."""
+
+    __slots__ = ("data", "framing", "keep_alive", "length")
+
+    def __init__(self, data: bytes, framing: int, length: int, keep_alive: bool) -> None:
+        self.data = data
+        self.framing = framing
+        self.length = length
+        self.keep_alive = keep_alive
+
+
+def wants_keep_alive(http_version: bytes, connection_values: list[bytes]) -> bool:
+    """Whether the client's request allows another request on this connection."""
+    tokens = {token.strip().lower() for value in connection_values for token in value.split(b",")}
+    if b"close" in tokens:
+        return False
+    return http_version == b"1.1" or b"keep-alive" in tokens
+
+
+def _check_name(name: bytes) -> None:
+    if name not in _valid_names:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"invalid response header name {name!r}")
+        if len(_valid_names) < 1024:
+            _valid_names.add(name)
+
+
+def build_head(
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    *,
+    head_request: bool,
+    http11: bool,
+    keep_alive: bool,
+    whole_body: int | None,
+    extra: Headers,
+) -> ResponseHead:
+    """Serialise a response head. `whole_body` is the body's length when it is known in full."""
+    if not 200 <= status <= 999:
+        raise ValueError(f"invalid final status code {status}")
+    if _BAD_VALUE.search(reason):
+        raise ValueError(f"invalid reason phrase {reason!r}")
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    content_length: int | None = None
+    chunked = False
+    has_date = has_server = False
+    for name, value in headers:
+        _check_name(name)
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for response header {name!r}: {value!r}")
+        lower = name.lower()
+        if lower == b"content-length":
+            if not value.isdigit() or (content_length is not None and int(value) != content_length):
+                raise ValueError(f"invalid Content-Length {value!r}")
+            content_length = int(value)
+            continue
+        if lower == b"transfer-encoding":
+            if value.strip().lower() != b"chunked":
+                raise ValueError(f"unsupported Transfer-Encoding {value!r}")
+            chunked = True
+            continue
+        if lower == b"connection":
+            if b"close" in value.lower():
+                keep_alive = False
+            continue
+        if lower == b"date":
+            has_date = True
+        elif lower == b"server":
+            has_server = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if chunked:
+        content_length = None
+    if head_request or status in (204, 304):
+        framing = EMPTY
+        if status != 204:
+            # HEAD and 304 carry the framing a GET would have had.
+            if content_length is not None:
+                lines.append(b"content-length: %d\r\n" % content_length)
+            elif chunked:
+                lines.append(b"transfer-encoding: chunked\r\n")
+    elif content_length is not None:
+        framing = LENGTH
+        lines.append(b"content-length: %d\r\n" % content_length)
+    elif whole_body is not None:
+        framing = LENGTH
+        content_length = whole_body
+        lines.append(b"content-length: %d\r\n" % whole_body)
+    elif http11:
+        framing = CHUNKED
+        lines.append(b"transfer-encoding: chunked\r\n")
+    else:
+        framing = CLOSE
+        keep_alive = False
+    if not keep_alive:
+        lines.append(b"connection: close\r\n")
+    elif not http11:
+        lines.append(b"connection: keep-alive\r\n")
+    for name, value in extra:
+        if (name == b"date" and has_date) or (name == b"server" and has_server):
+            continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return ResponseHead(b"".join(lines), framing, content_length or 0, keep_alive)
