@@ -347,8 +347,8 @@ class HTTPProtocol(asyncio.Protocol):
     # -- reading ------------------------------------------------------------------------
 
     def _handle_events(self) -> None:
-        conn = self.conn
         while not self._closed:
+            conn = self.conn
             if conn.their_state is h11.MUST_CLOSE and conn.trailing_data[0]:
                 # The request just read was the connection's last (HTTP/1.0, or "Connection:
                 # close"). h11 raises on any byte after it, which turned the answer to that
@@ -374,6 +374,9 @@ class HTTPProtocol(asyncio.Protocol):
                 self._on_request(event)  # type: ignore[arg-type]
             elif event_type is h11.EndOfMessage:
                 self._on_body_end()
+                # Whatever follows is the next request: _start_next_cycle (with a new parser)
+                # or the next data_received (PAUSED) takes it from here.
+                return
             elif event is h11.NEED_DATA:
                 return
             elif event is h11.PAUSED:
@@ -395,7 +398,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.cycle = cycle = RequestCycle(self, request)
         cycle.keep_alive = wants_keep_alive(
             request.http_version,
-            [value for name, value in request.headers if name == b"connection"],
+            [value for name, value in cycle.headers if name == b"connection"],
         )
         refusal = self._check_request(request, bytes(window[:head_size]))
         if refusal is not None:
@@ -428,7 +431,7 @@ class HTTPProtocol(asyncio.Protocol):
             return 400, "Obsolete line folding in the request head"
         has_length = has_chunked = False
         length = 0
-        for name, value in request.headers:
+        for name, value in self.cycle.headers if self.cycle is not None else ():
             if name == b"content-length":
                 has_length = True
                 length = int(value)
