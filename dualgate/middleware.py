@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, cast
 from wsgiref.types import WSGIApplication
@@ -31,7 +31,10 @@ from dualgate.wsgi import (
 __all__ = ["WSGIMiddleware"]
 
 Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
+# Fix: received messages typed as a Mapping (not dict), so that a server's or framework's
+# receive() returning a MutableMapping (Starlette's Receive) type-checks: with dict,
+# `Mount("/x", app=WSGIMiddleware(app))` failed under mypy --strict.
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Message], Awaitable[None]]
 Head = tuple[int, list[tuple[bytes, bytes]]]
 
@@ -194,7 +197,10 @@ class _Sink:
         self._started = False
 
     def start(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        self._head = (status, headers)
+        # Fix: the ASGI spec (http.response.start) says header names must be lower-cased; WSGI
+        # apps send "Content-Type", and ASGI servers or middleware that look up b"content-type"
+        # would miss it.
+        self._head = (status, [(name.lower(), value) for name, value in headers])
 
     def write(self, data: bytes) -> None:
         if self._exchange.disconnected:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from dualgate.protocol import RequestCycle, RequestHandler
 from dualgate.wsgi import path_info_from_raw
 
@@ -22,6 +24,17 @@ class MountRouter:
             slash = rest.find(b"/")
             target = rest[slash:] if slash >= 0 else b"/"
         path = path_info_from_raw(target.partition(b"?")[0])
+        # Fix: with --root-path, each handler's root path is ROOT + PREFIX, but the prefixes were
+        # matched against the whole path, so "/base/api/x" matched nothing and a stripped
+        # "/api/x" reached the app as SCRIPT_NAME "/base/api", PATH_INFO "/api/x" (ASGI path
+        # "/base/api/api/x"). Match on the path below the root path, and put a root path that a
+        # proxy stripped back on the target, so every handler finds its whole mount point in it.
+        root = cycle.config.root_path
+        if root:
+            if path == root or path.startswith(root + "/"):
+                path = path[len(root) :] or "/"
+            elif cycle.target.startswith(b"/"):
+                cycle.target = quote(root, safe="/").encode("ascii") + cycle.target
         for prefix, handler in self.routes:
             if prefix == "" or path == prefix or path.startswith(prefix + "/"):
                 handler(cycle)

@@ -92,6 +92,8 @@ class RequestCycle:
         "body_complete",
         "body_received",
         "disconnected",
+        "expects_body",
+        "expects_continue",
         "framing",
         "head_sent",
         "headers",
@@ -129,6 +131,8 @@ class RequestCycle:
         self.status = 0
         self.sent_bytes = 0
         self.keep_alive = True
+        self.expects_body = False
+        self.expects_continue = False
         self.framing = EMPTY
         self.remaining = 0
 
@@ -400,29 +404,29 @@ class HTTPProtocol(asyncio.Protocol):
             request.http_version,
             [value for name, value in cycle.headers if name == b"connection"],
         )
-        refusal = self._check_request(request, bytes(window[:head_size]))
+        refusal = self._check_request(cycle, bytes(window[:head_size]))
         if refusal is not None:
             self._refuse(*refusal)
             return
         if self._over_limit or self.state.shutting_down:
             self._refuse(503, "Server busy, retry later", [(b"retry-after", b"1")])
             return
-        if self.conn.their_state is h11.DONE:
-            cycle.body_complete = True
-            self._dispatch(cycle)
-        elif self.conn.client_is_waiting_for_100_continue:
-            self._dispatch(cycle)
-        else:
+        if cycle.expects_body:
+            # The handler gets the request now and decides whether to wait for body bytes
+            # (WSGI pre-buffers so a dribbling upload holds no thread; ASGI streams at once).
+            cycle.expects_continue = self.conn.client_is_waiting_for_100_continue
             self._arm_timer(self.state.config.timeout_read, "request body")
-            # Dispatch waits for a first buffer-full (or the whole body), so a dribbling upload
-            # holds no worker thread while it dribbles.
+            self._dispatch(cycle)
+        # Without a body, h11's EndOfMessage follows at once and dispatches.
 
-    def _check_request(self, request: h11.Request, head: bytes) -> tuple[int, str] | None:
-        """The RFC 9112 MUSTs that h11 leaves to us; None when the request may be served."""
+    def _check_request(self, cycle: RequestCycle, head: bytes) -> tuple[int, str] | None:
+        """The RFC 9112 MUSTs that h11 leaves to us; None when the request may be served.
+
+        On the way it notes whether a body follows (`cycle.expects_body`)."""
         config = self.state.config
         if len(head) > config.max_head_size:
             return 431, "Request head too large"
-        if request.http_version not in (b"1.1", b"1.0"):
+        if cycle.http_version not in (b"1.1", b"1.0"):
             return 505, "Only HTTP/1.0 and HTTP/1.1 are served"
         lf = head.count(b"\n")
         if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
@@ -431,7 +435,7 @@ class HTTPProtocol(asyncio.Protocol):
             return 400, "Obsolete line folding in the request head"
         has_length = has_chunked = False
         length = 0
-        for name, value in self.cycle.headers if self.cycle is not None else ():
+        for name, value in cycle.headers:
             if name == b"content-length":
                 has_length = True
                 length = int(value)
@@ -441,12 +445,13 @@ class HTTPProtocol(asyncio.Protocol):
                 # RFC 9112 section 3.2: a Host that is not uri-host [":" port] MUST get a 400
                 # (h11 checks only that there is exactly one).
                 return 400, "Invalid Host header"
+        cycle.expects_body = has_chunked or length > 0
         if has_length and has_chunked:
             return 400, "Both Content-Length and Transfer-Encoding"
         if config.max_body_size is not None and length > config.max_body_size:
             return 413, "Request body too large"
-        target = request.target
-        method = request.method
+        target = cycle.target
+        method = cycle.method
         if method == b"CONNECT":
             return 501, "CONNECT is not served"
         if target == b"*":
@@ -476,12 +481,8 @@ class HTTPProtocol(asyncio.Protocol):
             self._refuse(413, "Request body too large")
             return
         cycle._feed_body(data)
-        high_water = self.state.config.body_buffer_size
-        if cycle.body_buffered >= high_water:
-            if cycle is not self._dispatched_cycle:
-                self._dispatch(cycle)
-            if cycle.body_buffered >= high_water:
-                self._pause_reading()
+        if cycle.body_buffered >= self.state.config.body_buffer_size:
+            self._pause_reading()
 
     def _on_body_end(self) -> None:
         cycle = self.cycle

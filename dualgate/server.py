@@ -35,6 +35,7 @@ class Server:
         self.started = threading.Event()
         self.addresses: list[Any] = []
         self.exit_code = 0
+        self.startup_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._force = False
@@ -66,7 +67,9 @@ class Server:
         self._stop = asyncio.Event()
         try:
             await self._startup(loop)
-        except BaseException:
+        except BaseException as exc:
+            # Recorded before `started` is set, so a waiter learns of the failure at once.
+            self.startup_error = exc
             self.started.set()
             await self._cleanup()
             raise

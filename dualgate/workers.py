@@ -240,6 +240,12 @@ class ThreadSink:
             drained.notify()
 
     def sendfile(self, file: Any, offset: int, count: int) -> bool:
+        if type(self._loop).sendfile is asyncio.AbstractEventLoop.sendfile:
+            # Fix: uvloop's loop has `sendfile` only as AbstractEventLoop's stub, which raises
+            # NotImplementedError (a RuntimeError, so it read as a disconnect below): the head
+            # went out and then the connection was dropped. Say "cannot" before anything is
+            # sent, so run_wsgi sends the file in blocks through write() instead.
+            return False
         head, self._head = self._head, None
         future = asyncio.run_coroutine_threadsafe(
             self._sendfile_on_loop(head, file, offset, count), self._loop
@@ -316,6 +322,15 @@ class WSGIHandler:
         self.worker_wait = worker_wait
 
     def __call__(self, cycle: RequestCycle) -> None:
+        if cycle.disconnected:
+            return
+        if not (
+            cycle.body_complete or cycle.expects_continue or cycle.body_buffered >= self.high_water
+        ):
+            # Wait on the loop for a first buffer-full (or the whole body), so a dribbling
+            # upload holds no worker thread while it dribbles.
+            cycle.on_body_ready = functools.partial(self, cycle)
+            return
         source: BodySource
         if cycle.body_complete:
             source = BytesSource(cycle.take_body()[0])

@@ -350,7 +350,9 @@ class _Response:
                 self.headers.append((b"content-length", str(len(tail)).encode("ascii")))
                 self.content_length = len(tail)
             self._send_head()
-        if self.is_head:
+        if self.is_head or self.status in _NO_BODY_STATUS:
+            # No body goes out, so a Content-Length (which a 304 may carry: RFC 9110 8.6) is
+            # the GET's length, not a promise about this response: nothing is missing.
             tail = b""
         elif self.content_length is not None and self.sent < self.content_length:
             if tail:
@@ -430,12 +432,22 @@ def run_wsgi(app: WSGIApplication, environ: WSGIEnvironment, sink: ResponseSink)
     result: Iterable[bytes] | None = None
     try:
         result = app(environ, cast(StartResponse, response.start_response))
+        finished = False
         try:
             _send_result(result, response)
+            finished = True
         finally:
             close = getattr(result, "close", None)
             if close is not None:
-                close()
+                try:
+                    close()
+                except Exception:
+                    if not finished:
+                        raise
+                    # Fix: the response was already complete (its end only recorded in the
+                    # sink), so a failing close() is logged, not turned into a broken-off
+                    # response the client would take for a network failure.
+                    logger.exception("Exception in close() of the WSGI application's iterable")
     except ClientDisconnected:
         logger.debug(
             "Client disconnected during %s %s", environ["REQUEST_METHOD"], environ["PATH_INFO"]
@@ -457,13 +469,16 @@ def _send_result(result: Iterable[bytes], response: _Response) -> None:
             return
         if all(type(chunk) is bytes for chunk in chunks):
             total = sum(len(chunk) for chunk in chunks)
-            if (
-                total <= _WHOLE_BODY_LIMIT
-                and response.headers is not None
-                and not response.head_sent
-            ):
-                response.finish(b"".join(chunks))
-                return
+            if response.headers is not None and not response.head_sent:
+                if total <= _WHOLE_BODY_LIMIT:
+                    response.finish(b"".join(chunks))
+                    return
+                # Fix: a body given whole but too big to send in one piece still has a known
+                # length; declare it (PEP 3333 "Handling the Content-Length Header") instead
+                # of falling back to chunked, then stream it as usual.
+                if response.content_length is None and response.status not in _NO_BODY_STATUS:
+                    response.headers.append((b"content-length", str(total).encode("ascii")))
+                    response.content_length = total
     if isinstance(result, FileWrapper) and _try_sendfile(result, response):
         return
     for chunk in result:

@@ -1,0 +1,90 @@
+"""The scenarios: which app each server serves, and how the load is shaped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["http", "download", "upload", "floor"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    kind: Kind
+    wsgi: str | None  # MODULE:ATTR served by WSGI servers (and by wsgiref, the baseline)
+    asgi: str | None  # MODULE:ATTR served by ASGI servers; set only for ASGI scenarios
+    quick: bool  # part of a --quick run
+    adapters: bool  # also served through the WSGI-to-ASGI adapters under one ASGI server
+    about: str
+    path: str = "/"
+
+
+SCENARIOS = (
+    Scenario(
+        "hello",
+        "http",
+        "benchmarks.apps.hello:application",
+        None,
+        quick=True,
+        adapters=True,
+        about="the seed app: a 20-byte body, so the cost is the server's own per-request work",
+    ),
+    Scenario(
+        "64k",
+        "http",
+        "benchmarks.apps.body64k:application",
+        None,
+        quick=True,
+        adapters=False,
+        about="a 64 KiB body: more than one socket write, so buffering and copying show",
+    ),
+    Scenario(
+        "flask",
+        "http",
+        "benchmarks.apps.flask_app:app",
+        None,
+        quick=True,
+        adapters=False,
+        about="a small Flask JSON route: how much a server matters once a framework runs",
+    ),
+    Scenario(
+        "asgi-hello",
+        "http",
+        # wsgiref cannot serve ASGI; it serves the WSGI hello, the same bytes, as the baseline.
+        "benchmarks.apps.hello:application",
+        "benchmarks.apps.asgi_hello:app",
+        quick=True,
+        adapters=False,
+        about="the hello response from an ASGI 3 app: the native ASGI path",
+    ),
+    Scenario(
+        "download",
+        "download",
+        "benchmarks.apps.download:application",
+        None,
+        quick=False,
+        adapters=True,
+        about="a 200 MiB body yielded in 64 KiB chunks and read fully: streaming and flow control",
+    ),
+    Scenario(
+        "upload",
+        "upload",
+        "benchmarks.apps.upload:application",
+        None,
+        quick=False,
+        adapters=True,
+        about="a 200 MiB request body read from wsgi.input in 64 KiB pieces: input streaming",
+    ),
+    Scenario(
+        "floor",
+        "floor",
+        None,
+        None,
+        quick=True,
+        adapters=False,
+        about="in-process, no sockets: h11 parse of a GET plus serialising its response",
+    ),
+)
+
+BY_NAME = {s.name: s for s in SCENARIOS}

@@ -1,0 +1,241 @@
+"""Launchers: how to start each server under test on a port, serving one MODULE:ATTR.
+
+A launcher only builds an argv; starting, readiness and stopping live in `procs`. Servers run
+with access logging off (dualgate, uvicorn) or at their default, which is off (gunicorn,
+hypercorn, waitress); wsgiref's per-request log line is silenced by `wsgiref_runner`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from benchmarks.procs import LOOPBACK
+from benchmarks.scenarios import Scenario
+
+Interface = Literal["wsgi", "asgi"]
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class AppRef:
+    target: str  # MODULE:ATTR
+    interface: Interface
+
+
+@dataclass(frozen=True)
+class Options:
+    threads: int | None  # None: each server's own default
+    workdir: Path  # where a launcher may write a config file
+    stream_bytes: int
+
+
+Build = Callable[[AppRef, int, Options], list[str]]
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    serves: frozenset[Literal["wsgi", "asgi", "adapter"]]
+    requires: tuple[str, ...]  # importable modules, checked with importlib.util.find_spec
+    build: Build
+    about: str
+    baseline: bool = False
+    adapter: str = ""  # for adapter servers: the prefix of the attribute in apps.adapters
+    probe: Callable[[], str | None] | None = None  # extra availability check: why not, or None
+
+    def app_for(self, scenario: Scenario) -> AppRef | None:
+        """What this server serves for a scenario, or None when the scenario is not for it."""
+        if scenario.wsgi is None:
+            return None
+        if self.baseline:
+            return AppRef(scenario.wsgi, "wsgi")
+        if "adapter" in self.serves:
+            if not scenario.adapters:
+                return None
+            return AppRef(f"benchmarks.apps.adapters:{self.adapter}_{scenario.name}", "asgi")
+        if scenario.asgi is not None:
+            return AppRef(scenario.asgi, "asgi") if "asgi" in self.serves else None
+        return AppRef(scenario.wsgi, "wsgi") if "wsgi" in self.serves else None
+
+    def unavailable(self) -> str | None:
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"not installed: {', '.join(missing)}"
+        return self.probe() if self.probe else None
+
+
+@functools.cache
+def _dualgate_help() -> str | None:
+    """`dualgate serve --help`, or None when the CLI cannot run (not written yet, or broken)."""
+    try:
+        done = subprocess.run(
+            [PY, "-m", "dualgate", "serve", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _probe_dualgate() -> str | None:
+    if _dualgate_help() is None:
+        return "`python -m dualgate serve --help` fails (CLI not available yet?)"
+    return None
+
+
+def _probe_dualgate_uvloop() -> str | None:
+    text = _dualgate_help()
+    if text is None:
+        return _probe_dualgate()
+    if "uvloop" not in text:
+        return "the dualgate CLI has no `--loop uvloop`"
+    return None
+
+
+def _dualgate(loop: str) -> Build:
+    def build(app: AppRef, port: int, opts: Options) -> list[str]:
+        argv = [PY, "-m", "dualgate", "serve", app.target, "--host", LOOPBACK, "--port", str(port)]
+        argv += ["--no-access-log", "--interface", app.interface]
+        if "--loop" in (_dualgate_help() or ""):
+            argv += ["--loop", loop]
+        if opts.threads is not None:
+            argv += ["--threads", str(opts.threads)]
+        return argv
+
+    return build
+
+
+def _wsgiref(app: AppRef, port: int, opts: Options) -> list[str]:
+    return [PY, "-m", "benchmarks.wsgiref_runner", app.target, "--port", str(port)]
+
+
+def _waitress(app: AppRef, port: int, opts: Options) -> list[str]:
+    threads = opts.threads or 4
+    argv = [PY, "-m", "waitress", f"--host={LOOPBACK}", f"--port={port}"]
+    return [*argv, f"--threads={threads}", app.target]
+
+
+def _gunicorn(worker: str) -> Build:
+    def build(app: AppRef, port: int, opts: Options) -> list[str]:
+        # One worker process: every server gets the same single core, where more processes
+        # would only add context switches.
+        argv = [PY, "-m", "gunicorn", "--workers=1", f"--worker-class={worker}"]
+        argv += [f"--bind={LOOPBACK}:{port}", "--log-level=warning"]
+        if worker == "gthread":
+            argv.append(f"--threads={opts.threads or 4}")
+        return [*argv, app.target]
+
+    return build
+
+
+def _uvicorn(app: AppRef, port: int, opts: Options) -> list[str]:
+    argv = [PY, "-m", "uvicorn", app.target, "--host", LOOPBACK, "--port", str(port)]
+    argv += ["--http", "h11", "--loop", "asyncio", "--no-access-log", "--log-level", "warning"]
+    if app.interface == "wsgi":
+        return [*argv, "--interface", "wsgi", "--lifespan", "off"]
+    return [*argv, "--interface", "asgi3"]
+
+
+def _hypercorn(app: AppRef, port: int, opts: Options) -> list[str]:
+    # Hypercorn's WSGI mode buffers the whole request body and refuses more than 16 MiB unless
+    # told otherwise, which is only possible through a config file.
+    config = opts.workdir / "hypercorn.toml"
+    config.write_text(f"wsgi_max_body_size = {max(opts.stream_bytes * 2, 16 * 1024 * 1024)}\n")
+    return [
+        PY,
+        "-m",
+        "hypercorn",
+        f"--bind={LOOPBACK}:{port}",
+        f"--config={config}",
+        "--workers=1",
+        f"{app.interface}:{app.target}",
+    ]
+
+
+def _adapter(name: str, module: str) -> Server:
+    return Server(
+        name=f"uvicorn+{name}",
+        serves=frozenset({"adapter"}),
+        requires=("uvicorn", module),
+        build=_uvicorn,
+        about=f"uvicorn (h11, asyncio) serving the WSGI app through {module} WSGI-to-ASGI",
+        adapter=name,
+    )
+
+
+SERVERS = (
+    Server(
+        "wsgiref",
+        frozenset({"wsgi"}),
+        (),
+        _wsgiref,
+        "stdlib wsgiref.simple_server.make_server: single thread, HTTP/1.0, the baseline",
+        baseline=True,
+    ),
+    Server(
+        "dualgate",
+        frozenset({"wsgi", "asgi"}),
+        ("dualgate", "h11"),
+        _dualgate("asyncio"),
+        "dualgate with the stdlib asyncio loop",
+        probe=_probe_dualgate,
+    ),
+    Server(
+        "dualgate-uvloop",
+        frozenset({"wsgi", "asgi"}),
+        ("dualgate", "h11", "uvloop"),
+        _dualgate("uvloop"),
+        "dualgate with uvloop",
+        probe=_probe_dualgate_uvloop,
+    ),
+    Server(
+        "waitress",
+        frozenset({"wsgi"}),
+        ("waitress",),
+        _waitress,
+        "waitress, 4 threads unless --threads",
+    ),
+    Server(
+        "gunicorn-sync",
+        frozenset({"wsgi"}),
+        ("gunicorn",),
+        _gunicorn("sync"),
+        "gunicorn, one sync worker (no keep-alive)",
+    ),
+    Server(
+        "gunicorn-gthread",
+        frozenset({"wsgi"}),
+        ("gunicorn",),
+        _gunicorn("gthread"),
+        "gunicorn, one gthread worker with 4 threads unless --threads",
+    ),
+    Server(
+        "uvicorn",
+        frozenset({"wsgi", "asgi"}),
+        ("uvicorn", "h11"),
+        _uvicorn,
+        "uvicorn --http h11 --loop asyncio; WSGI apps through its --interface wsgi",
+    ),
+    Server(
+        "hypercorn",
+        frozenset({"wsgi", "asgi"}),
+        ("hypercorn",),
+        _hypercorn,
+        "hypercorn, asyncio worker; WSGI apps through its wsgi: mode",
+    ),
+    _adapter("dualgate", "dualgate"),
+    _adapter("a2wsgi", "a2wsgi"),
+    _adapter("asgiref", "asgiref"),
+)
+
+BY_NAME = {s.name: s for s in SERVERS}
