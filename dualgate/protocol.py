@@ -115,7 +115,11 @@ class RequestCycle:
         self.method: bytes = request.method
         self.target: bytes = request.target
         self.headers: Headers = list(request.headers)
-        self.http_version: bytes = request.http_version
+        # RFC 9110 section 2.5: a higher minor version is handled as the highest one we know.
+        version = request.http_version
+        self.http_version: bytes = (
+            version if version in (b"1.1", b"1.0") or version[:2] != b"1." else b"1.1"
+        )
         self.started_at = time.monotonic()
         self._body: deque[bytes] = deque()
         self._body_buffered = 0
@@ -328,6 +332,12 @@ class HTTPProtocol(asyncio.Protocol):
             if self.cycle is None and not self._head_timer_armed and self._timer is not None:
                 self._head_timer_armed = True
                 self._arm_timer(self.state.config.timeout_request_head, "request head")
+            if not self._head_window and data[:1] in (b"\r", b"\n"):
+                # RFC 9112 section 2.2: empty lines before a request line are ignored (h11
+                # would answer 400). The head deadline above still runs.
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
             if not self._head_window:
                 self._head_window = data
             elif isinstance(self._head_window, bytearray):
@@ -401,7 +411,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._head_window = None
         self.cycle = cycle = RequestCycle(self, request)
         cycle.keep_alive = wants_keep_alive(
-            request.http_version,
+            cycle.http_version,
             [value for name, value in cycle.headers if name == b"connection"],
         )
         refusal = self._check_request(cycle, bytes(window[:head_size]))
@@ -426,8 +436,8 @@ class HTTPProtocol(asyncio.Protocol):
         config = self.state.config
         if len(head) > config.max_head_size:
             return 431, "Request head too large"
-        if cycle.http_version not in (b"1.1", b"1.0"):
-            return 505, "Only HTTP/1.0 and HTTP/1.1 are served"
+        if cycle.http_version[:2] != b"1.":
+            return 505, "Only HTTP/1.x is served"
         lf = head.count(b"\n")
         if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
             return 400, "Bare CR or LF in the request head"
@@ -454,6 +464,9 @@ class HTTPProtocol(asyncio.Protocol):
         method = cycle.method
         if method == b"CONNECT":
             return 501, "CONNECT is not served"
+        if b"#" in target:
+            # RFC 9112 section 3.2: a fragment is not part of a request target.
+            return 400, "A fragment (#) in the request target"
         if target == b"*":
             if method != b"OPTIONS":
                 return 400, "The * target is for OPTIONS only"
@@ -694,6 +707,7 @@ class HTTPProtocol(asyncio.Protocol):
         # A fresh parser per request: h11 only ever parses here (framing.py writes responses),
         # and a new Connection costs less than keeping its server-side state machine in step.
         pipelined, closed = self.conn.trailing_data
+        pipelined = pipelined.lstrip(b"\r\n")  # empty lines before a request line are ignored
         self.conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.state.config.max_head_size
         )

@@ -351,3 +351,31 @@ def test_options_asterisk_is_accepted(serve: ServeFactory) -> None:
     assert status == b"HTTP/1.1 200 OK"
     assert headers[b"allow"] == b"GET, HEAD, OPTIONS"
     assert methods == ["OPTIONS"]
+
+
+def test_empty_lines_before_request_line_are_ignored(serve: ServeFactory) -> None:
+    # RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request-line.
+    server = serve(echo_target)
+    with connect(server.port) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reader.read_response()[2].startswith(b"GET /a? ")
+        # Pipelined after a request, as old clients send a CRLF after a POST body.
+        sock.sendall(
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\r\n"
+            b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert reader.read_response()[2].startswith(b"POST /b? ")
+        assert reader.read_response()[2].startswith(b"GET /c? ")
+
+
+def test_higher_minor_version_is_served_as_http11(serve: ServeFactory) -> None:
+    # RFC 9110 2.5: a recipient handles a higher minor version as the highest it implements.
+    server = serve(echo_target)
+    with connect(server.port) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"GET /minor HTTP/1.2\r\nHost: x\r\n\r\n")
+        status, headers, body = reader.read_response()
+        assert status == b"HTTP/1.1 200 OK"
+        assert body.startswith(b"GET /minor? ")
+        assert headers.get(b"connection", b"").lower() != b"close"

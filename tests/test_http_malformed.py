@@ -164,6 +164,12 @@ CASES: list[tuple[str, bytes, int]] = [
     ),
     ("relative-target", b"GET path HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (
+        # RFC 9112 3.2: a fragment is not part of any request-target form.
+        "fragment-in-target",
+        b"GET /page#frag HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+    ),
+    (
         # RFC 9110 15.6.6: 505 for a major version the server does not support.
         "http-2-request-line",
         b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",

@@ -37,8 +37,10 @@ __all__ = [
 
 FEEDERS = ["server"]
 
-# wsgi_url(app, **config) -> "http://127.0.0.1:PORT" (no trailing slash). `config` takes
-# dualgate Config fields that every feeder understands: root_path, threads, body_buffer_size.
+# wsgi_url(app, **config) -> "http://127.0.0.1:PORT" (no trailing slash). `config` holds
+# dualgate Config fields every feeder must honour; the conformance tests use only root_path.
+# The one feeder-aware check: test_valid_unusual_heads_pass_through asks `wsgi_feeder` whether
+# a reason phrase can survive (an ASGI hop carries none).
 WSGIUrl = Callable[..., str]
 
 
