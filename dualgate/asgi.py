@@ -33,10 +33,7 @@ class ClientGone(OSError):
 
 
 def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | None) -> HTTPScope:
-    target = cycle.target
-    if not target.startswith(b"/"):
-        target = _path_of_absolute_form(target)
-    raw_path, _, query = target.partition(b"?")
+    raw_path, _, query = cycle.target.partition(b"?")
     path = unquote(raw_path.decode("ascii", "surrogateescape"))
     if root_path and not (path == root_path or path.startswith(root_path + "/")):
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
@@ -60,17 +57,6 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
     if state is not None:
         scope["state"] = state.copy()
     return cast(HTTPScope, scope)
-
-
-def _path_of_absolute_form(target: bytes) -> bytes:
-    if target == b"*":
-        return b"*"
-    rest = target.partition(b"://")[2]
-    slash = rest.find(b"/")
-    query = rest.find(b"?")
-    if slash < 0 or 0 <= query < slash:
-        return b"/" + (rest[query:] if query >= 0 else b"")
-    return rest[slash:]
 
 
 class _Exchange:

@@ -96,6 +96,9 @@ class Config:
     timeout_read: float = _setting(
         60.0, "seconds a request body may stall with no bytes arriving", check=_positive
     )
+    timeout_write: float = _setting(
+        60.0, "seconds a response may stall with a client that takes no bytes", check=_positive
+    )
     timeout_worker: float = _setting(
         10.0, "seconds a request waits for a free worker thread before a 503", check=_non_negative
     )

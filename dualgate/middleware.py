@@ -59,6 +59,7 @@ class WSGIMiddleware:
         self.threads = threads
         self.worker_wait = worker_wait
         self._pool = pool
+        self._owns_pool = pool is None
 
     @property
     def pool(self) -> WorkerPool:
@@ -66,9 +67,16 @@ class WSGIMiddleware:
             self._pool = WorkerPool(self.threads, name="dualgate-wsgi-middleware")
         return self._pool
 
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the threads this middleware started (a pool passed in is left to its owner)."""
+        if self._owns_pool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(timeout)
+
     async def __call__(self, scope: Any, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _answer_lifespan(receive, send)
+            self.close()
             return
         if scope["type"] != "http":
             raise RuntimeError(f"WSGIMiddleware serves 'http' scopes, not {scope['type']!r}")

@@ -17,13 +17,7 @@ class MountRouter:
         self.routes = sorted(routes, key=lambda route: len(route[0]), reverse=True)
 
     def __call__(self, cycle: RequestCycle) -> None:
-        target = cycle.target
-        if not target.startswith(b"/"):
-            # Absolute-form: only the path decides.
-            rest = target.partition(b"://")[2]
-            slash = rest.find(b"/")
-            target = rest[slash:] if slash >= 0 else b"/"
-        path = path_info_from_raw(target.partition(b"?")[0])
+        path = path_info_from_raw(cycle.target.partition(b"?")[0])
         # Fix: with --root-path, each handler's root path is ROOT + PREFIX, but the prefixes were
         # matched against the whole path, so "/base/api/x" matched nothing and a stripped
         # "/api/x" reached the app as SCRIPT_NAME "/base/api", PATH_INFO "/api/x" (ASGI path

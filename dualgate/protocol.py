@@ -34,7 +34,7 @@ from dualgate.logs import access_logger, error_logger, format_access
 if TYPE_CHECKING:
     from dualgate.config import Config
 
-__all__ = ["HTTPProtocol", "RequestCycle", "ServerState"]
+__all__ = ["HTTPProtocol", "RequestCycle", "ServerState", "loop_can_sendfile"]
 
 Headers = list[tuple[bytes, bytes]]
 RequestHandler = Callable[["RequestCycle"], None]
@@ -281,6 +281,7 @@ class HTTPProtocol(asyncio.Protocol):
         # h11 does not make. None while a request body is being received.
         self._head_window: bytes | bytearray | None = b""
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._head_timer_armed = False
         self._reading_paused = False
         self._writing_paused = False
@@ -312,6 +313,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._closed = True
         self.state.connections.discard(self)
         self._cancel_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle._lose()
@@ -351,9 +354,16 @@ class HTTPProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        # A client that stops reading must not hold a worker (or a task) forever.
+        self._write_timer = self.loop.call_later(
+            self.state.config.timeout_write, self._on_write_timeout
+        )
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         waiters, self._write_waiters = self._write_waiters, []
         for waiter in waiters:
             waiter()
@@ -421,6 +431,8 @@ class HTTPProtocol(asyncio.Protocol):
         if self._over_limit or self.state.shutting_down:
             self._refuse(503, "Server busy, retry later", [(b"retry-after", b"1")])
             return
+        if cycle.target[:1] not in (b"/", b"*"):
+            cycle.target, cycle.headers = _origin_form(cycle.target, cycle.headers)
         if cycle.expects_body:
             # The handler gets the request now and decides whether to wait for body bytes
             # (WSGI pre-buffers so a dribbling upload holds no thread; ASGI streams at once).
@@ -630,9 +642,8 @@ class HTTPProtocol(asyncio.Protocol):
             cycle.remaining -= count
         if framing == CHUNKED:
             self._write(b"%x\r\n" % count)
-        sendfile = getattr(self.loop, "sendfile", None)
-        if sendfile is not None:
-            await sendfile(self.transport, file, offset, count)
+        if loop_can_sendfile(self.loop):
+            await self.loop.sendfile(self.transport, file, offset, count)
         else:
             await self._copy_file(file, offset, count)
         if framing == CHUNKED:
@@ -782,6 +793,12 @@ class HTTPProtocol(asyncio.Protocol):
         error_logger.debug("%s: closing, %s timed out", self.client, what)
         self._close()
 
+    def _on_write_timeout(self) -> None:
+        self._write_timer = None
+        if self._writing_paused and not self._closed:
+            error_logger.debug("%s: closing, the client took no bytes in time", self.client)
+            self.force_close()
+
     def shutdown(self) -> None:
         """Graceful stop: close when idle; a request in flight finishes first."""
         if self.cycle is None or self.cycle.response_complete:
@@ -819,3 +836,24 @@ def _final_coding_is_chunked(head: bytes | bytearray | None) -> bool:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _origin_form(target: bytes, headers: Headers) -> tuple[bytes, Headers]:
+    """An absolute-form target as the origin-form path (and query) every interface sees.
+
+    RFC 9112 section 3.2.2: the server uses the target's authority as Host, ignoring any Host
+    header the request carried.
+    """
+    rest = target.partition(b"://")[2]
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path_and_query = rest[:cut], rest[cut:]
+    if not path_and_query.startswith(b"/"):
+        path_and_query = b"/" + path_and_query
+    headers = [(name, value) for name, value in headers if name != b"host"]
+    headers.append((b"host", authority))
+    return path_and_query, headers
+
+
+def loop_can_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
+    """uvloop's loop has `sendfile` only as AbstractEventLoop's stub, which raises."""
+    return type(loop).sendfile is not asyncio.AbstractEventLoop.sendfile

@@ -25,7 +25,7 @@ from typing import Any
 from wsgiref.types import WSGIApplication
 
 from dualgate.logs import error_logger
-from dualgate.protocol import RequestCycle
+from dualgate.protocol import RequestCycle, loop_can_sendfile
 from dualgate.wsgi import (
     BodySource,
     BytesSource,
@@ -240,11 +240,9 @@ class ThreadSink:
             drained.notify()
 
     def sendfile(self, file: Any, offset: int, count: int) -> bool:
-        if type(self._loop).sendfile is asyncio.AbstractEventLoop.sendfile:
-            # Fix: uvloop's loop has `sendfile` only as AbstractEventLoop's stub, which raises
-            # NotImplementedError (a RuntimeError, so it read as a disconnect below): the head
-            # went out and then the connection was dropped. Say "cannot" before anything is
-            # sent, so run_wsgi sends the file in blocks through write() instead.
+        if not loop_can_sendfile(self._loop):
+            # Say "cannot" before anything is sent, so run_wsgi sends the file in blocks
+            # through write(), reading it in this thread rather than on the loop.
             return False
         head, self._head = self._head, None
         future = asyncio.run_coroutine_threadsafe(
@@ -353,11 +351,7 @@ class WSGIHandler:
             sink.complete()
 
     def environ(self, cycle: RequestCycle, source: BodySource) -> dict[str, Any]:
-        target = cycle.target
-        headers: Any = cycle.headers
-        if not target.startswith(b"/"):
-            target, headers = _origin_form(target, cycle.headers)
-        raw_path, _, query = target.partition(b"?")
+        raw_path, _, query = cycle.target.partition(b"?")
         path_info = path_info_from_raw(raw_path)
         script_name = self.root_path
         if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
@@ -367,32 +361,13 @@ class WSGIHandler:
             script_name=script_name,
             path_info=path_info,
             query_string=query.decode("latin-1"),
-            headers=headers,
+            headers=cycle.headers,
             http_version=cycle.http_version.decode("ascii"),
             scheme=cycle.scheme,
             client=cycle.client,
             server=cycle.server,
             body=source,
         )
-
-
-def _origin_form(
-    target: bytes, headers: list[tuple[bytes, bytes]]
-) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """Absolute-form and `*` targets: the path (and query) the application should see.
-
-    RFC 9112 section 3.2.2: with an absolute-form target the Host header is replaced by the
-    target's authority.
-    """
-    if target == b"*":
-        return b"*", headers
-    _scheme, _, rest = target.partition(b"://")
-    authority, slash, path = rest.partition(b"/")
-    authority, _, _query_only = authority.partition(b"?")
-    path_and_query = slash + path if slash else b"/" + (b"?" + _query_only if _query_only else b"")
-    headers = [(name, value) for name, value in headers if name != b"host"]
-    headers.append((b"host", authority))
-    return path_and_query, headers
 
 
 def _refuse_busy(cycle: RequestCycle) -> None:

@@ -483,6 +483,8 @@ def _send_result(result: Iterable[bytes], response: _Response) -> None:
         return
     for chunk in result:
         response.write(chunk)
+        if response.is_head and response.head_sent:
+            break  # a HEAD response ends with its head; an endless body must not hold it
     response.finish()
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from dualgate import WSGIMiddleware
 from tests.conftest import SOCKET_TIMEOUT, running_server
 
 __all__ = [
@@ -35,7 +36,10 @@ __all__ = [
     "wsgi_url",
 ]
 
-FEEDERS = ["server"]
+# "server": dualgate serves the WSGI app itself. "middleware": dualgate serves
+# dualgate.WSGIMiddleware(app) as an ASGI app, so the same PEP 3333 rules are checked through
+# the ASGI feeder of the bridge.
+FEEDERS = ["server", "middleware"]
 
 # wsgi_url(app, **config) -> "http://127.0.0.1:PORT" (no trailing slash). `config` holds
 # dualgate Config fields every feeder must honour; the conformance tests use only root_path.
@@ -63,6 +67,13 @@ def wsgi_url(wsgi_feeder: str) -> Iterator[WSGIUrl]:
 def _start(stack: ExitStack, feeder: str, app: Any, config: dict[str, Any]) -> str:
     if feeder == "server":
         server = stack.enter_context(running_server(app, **config))
+        return f"http://127.0.0.1:{server.port}"
+    if feeder == "middleware":
+        middleware = WSGIMiddleware(app, threads=config.pop("threads", 8))
+        stack.callback(middleware.close)
+        server = stack.enter_context(
+            running_server(middleware, interface="asgi", lifespan="off", **config)
+        )
         return f"http://127.0.0.1:{server.port}"
     raise AssertionError(f"unknown feeder {feeder!r}")
 
