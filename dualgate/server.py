@@ -125,6 +125,7 @@ class Server:
         self._listeners.append(listener)
         self.addresses = [sock.getsockname() for sock in listener.sockets]
         self._tick_date(loop)
+        self._sweep_deadlines(loop, _sweep_interval(config))
         for address in self.addresses:
             error_logger.info("Serving %s on %s", description, _format_address(address))
 
@@ -170,6 +171,15 @@ class Server:
             self._lifespans.append(lifespan)
             await lifespan.startup()
         return ASGIHandler(loaded.app, root_path, lifespan)
+
+    def _sweep_deadlines(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        state = self.state
+        if state is None or (state.shutting_down and not state.connections):
+            return
+        now = loop.time()
+        for connection in list(state.connections):
+            connection.check_deadline(now)
+        loop.call_later(interval, self._sweep_deadlines, loop, interval)
 
     def _tick_date(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.state is not None and not self.state.shutting_down:
@@ -241,6 +251,12 @@ class Server:
             return
         error_logger.info("%s received: shutting down gracefully", signal.Signals(signum).name)
         self.shutdown()
+
+
+def _sweep_interval(config: Config) -> float:
+    """How often connection deadlines are checked: a timeout fires at most a quarter late."""
+    shortest = min(config.timeout_keep_alive, config.timeout_request_head, config.timeout_read)
+    return min(1.0, max(0.01, shortest / 4))
 
 
 def _is_socket(path: str) -> bool:
