@@ -55,7 +55,9 @@ class WorkerPool:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._free = size
-        self._waiting: deque[tuple[Job, asyncio.TimerHandle | None]] = deque()
+        # Jobs waiting for a thread: (job, on_refused, deadline), oldest first.
+        self._waiting: deque[tuple[Job, Callable[[], None], float]] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
             for index in range(size)
@@ -83,29 +85,34 @@ class WorkerPool:
                 self._jobs.put(job)
                 return
             if wait > 0:
-                entry: list[Any] = []
-                timer = loop.call_later(wait, self._expire, entry, on_refused)
-                item = (job, timer)
-                entry.append(item)
-                self._waiting.append(item)
+                deadline = loop.time() + wait
+                self._waiting.append((job, on_refused, deadline))
+                if self._expiry is None or deadline < self._expiry.when():
+                    # One timer for all waiters: a timer per waiting request cost the loop
+                    # more than the wait itself under load.
+                    if self._expiry is not None:
+                        self._expiry.cancel()
+                    self._expiry = loop.call_at(deadline, self._expire, loop)
                 return
         on_refused()
 
-    def _expire(self, entry: list[Any], on_refused: Callable[[], None]) -> None:
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
         with self._lock:
-            try:
-                self._waiting.remove(entry[0])
-            except ValueError:
-                return  # it got a thread just in time
-        on_refused()
+            self._expiry = None
+            expired = [entry for entry in self._waiting if entry[2] <= now]
+            for entry in expired:
+                self._waiting.remove(entry)
+            if self._waiting:
+                soonest = min(entry[2] for entry in self._waiting)
+                self._expiry = loop.call_at(soonest, self._expire, loop)
+        for _job, on_refused, _deadline in expired:
+            on_refused()
 
     def release(self) -> None:
         with self._lock:
             if self._waiting:
-                job, timer = self._waiting.popleft()
-                if timer is not None:
-                    timer.cancel()
-                self._jobs.put(job)
+                self._jobs.put(self._waiting.popleft()[0])
             else:
                 self._free += 1
 
