@@ -68,8 +68,11 @@ def build_head(
     keep_alive: bool,
     whole_body: int | None,
     extra: Headers,
+    extra_head: bytes,
 ) -> ResponseHead:
-    """Serialise a response head. `whole_body` is the body's length when it is known in full."""
+    """Serialise a response head. `whole_body` is the body's length when it is known in full;
+    `extra` (Date, Server) is added where the application gave none, `extra_head` being it
+    already serialised."""
     if not 200 <= status <= 999:
         raise ValueError(f"invalid final status code {status}")
     if _BAD_VALUE.search(reason):
@@ -101,7 +104,7 @@ def build_head(
             has_date = True
         elif lower == b"server":
             has_server = True
-        lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(name + b": " + value + b"\r\n")
     if chunked:
         content_length = None
     if head_request or status in (204, 304):
@@ -129,9 +132,12 @@ def build_head(
         lines.append(b"connection: close\r\n")
     elif not http11:
         lines.append(b"connection: keep-alive\r\n")
-    for name, value in extra:
-        if (name == b"date" and has_date) or (name == b"server" and has_server):
-            continue
-        lines.append(b"%s: %s\r\n" % (name, value))
+    if not (has_date or has_server):
+        lines.append(extra_head)
+    else:
+        for name, value in extra:
+            if (name == b"date" and has_date) or (name == b"server" and has_server):
+                continue
+            lines.append(name + b": " + value + b"\r\n")
     lines.append(b"\r\n")
     return ResponseHead(b"".join(lines), framing, content_length or 0, keep_alive)

@@ -63,6 +63,7 @@ class ServerState:
         self.shutting_down = False
         self.access_log = access_logger.isEnabledFor(logging.INFO)
         self.default_headers: Headers = []
+        self.default_head = b""
         self.update_date()
 
     def update_date(self) -> None:
@@ -73,6 +74,7 @@ class ServerState:
         if self.config.server_header:
             headers.append((b"server", b"dualgate"))
         self.default_headers = headers
+        self.default_head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
 def _http_date(now: float) -> bytes:
@@ -421,14 +423,13 @@ class HTTPProtocol(asyncio.Protocol):
         self._cancel_timer()
         self._head_timer_armed = False
         window = self._head_window or b""
-        head_size = len(window) - len(self.conn.trailing_data[0])
         self._head_window = None
+        # The head ends at the first CRLF CRLF; if h11 found its end elsewhere (a bare LF
+        # blank line), the whole window is checked and the bare LF refused.
+        end = window.find(b"\r\n\r\n")
+        head = bytes(window[: end + 4]) if end >= 0 else bytes(window)
         self.cycle = cycle = RequestCycle(self, request)
-        cycle.keep_alive = wants_keep_alive(
-            cycle.http_version,
-            [value for name, value in cycle.headers if name == b"connection"],
-        )
-        refusal = self._check_request(cycle, bytes(window[:head_size]))
+        refusal = self._check_request(cycle, head)
         if refusal is not None:
             self._refuse(*refusal)
             return
@@ -448,7 +449,8 @@ class HTTPProtocol(asyncio.Protocol):
     def _check_request(self, cycle: RequestCycle, head: bytes) -> tuple[int, str] | None:
         """The RFC 9112 MUSTs that h11 leaves to us; None when the request may be served.
 
-        On the way it notes whether a body follows (`cycle.expects_body`)."""
+        On the way it notes whether a body follows (`cycle.expects_body`) and whether the client
+        allows keep-alive (`cycle.keep_alive`)."""
         config = self.state.config
         if len(head) > config.max_head_size:
             return 431, "Request head too large"
@@ -461,8 +463,11 @@ class HTTPProtocol(asyncio.Protocol):
             return 400, "Obsolete line folding in the request head"
         has_length = has_chunked = False
         length = 0
+        connection: list[bytes] = []
         for name, value in cycle.headers:
-            if name == b"content-length":
+            if name == b"connection":
+                connection.append(value)
+            elif name == b"content-length":
                 has_length = True
                 length = int(value)
             elif name == b"transfer-encoding":
@@ -472,6 +477,7 @@ class HTTPProtocol(asyncio.Protocol):
                 # (h11 checks only that there is exactly one).
                 return 400, "Invalid Host header"
         cycle.expects_body = has_chunked or length > 0
+        cycle.keep_alive = wants_keep_alive(cycle.http_version, connection)
         if has_length and has_chunked:
             return 400, "Both Content-Length and Transfer-Encoding"
         if config.max_body_size is not None and length > config.max_body_size:
@@ -598,6 +604,7 @@ class HTTPProtocol(asyncio.Protocol):
                 keep_alive=cycle.keep_alive and not self.state.shutting_down,
                 whole_body=None if whole_body is None else len(whole_body),
                 extra=self.state.default_headers,
+                extra_head=self.state.default_head,
             )
         except ValueError as exc:
             error_logger.error("Response refused: %s", exc)
@@ -762,6 +769,7 @@ class HTTPProtocol(asyncio.Protocol):
             keep_alive=False,
             whole_body=len(body),
             extra=self.state.default_headers,
+            extra_head=self.state.default_head,
         )
         self._write(head.data if head.framing == EMPTY else head.data + body)
         if cycle is not None:
