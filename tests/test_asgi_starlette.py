@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -139,8 +138,7 @@ def test_starlette_app_end_to_end() -> None:
 
 
 def test_starlette_form_and_file_upload() -> None:
-    # Starlette parses forms with python-multipart (pyproject's test extra should list it).
-    pytest.importorskip("python_multipart", reason="Starlette needs python-multipart for forms")
+    # Starlette parses forms with python-multipart (in the test extra).
     content = os.urandom(1_500_000)
     with (
         running_server(make_app([]), lifespan="on") as server,

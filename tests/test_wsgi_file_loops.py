@@ -6,7 +6,6 @@ whose loop has no working `sendfile`, so the file has to go out another way ther
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from collections.abc import Iterable
@@ -19,15 +18,8 @@ import pytest
 from tests.conftest import ServeFactory
 from tests.wsgi_feeders import RawConnection, fetch
 
-LOOPS = [
-    "asyncio",
-    pytest.param(
-        "uvloop",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("uvloop") is None, reason="uvloop not installed"
-        ),
-    ),
-]
+# uvloop is in the test extra: production picks it when installed (--loop auto).
+LOOPS = ["asyncio", "uvloop"]
 
 
 class FileApp:
