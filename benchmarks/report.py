@@ -47,6 +47,7 @@ class Row:
     p50_ratio: float | None
     p99_ms: float | None
     p99_ratio: float | None
+    seconds: float | None  # median wall time of one run (the transfer time, for streams)
     errors: int  # summed over rounds
     requests: int  # summed over rounds
     error_detail: dict[str, int]
@@ -106,6 +107,7 @@ def summarise(samples: Sequence[Sample]) -> list[Row]:
                 p50_ratio=_ratio(by_round, base, lambda s: s.measurement.p50_ms),
                 p99_ms=_median(m.p99_ms for m in ms),
                 p99_ratio=_ratio(by_round, base, lambda s: s.measurement.p99_ms),
+                seconds=_median(m.seconds for m in ms if m.requests),
                 errors=sum(m.errors for m in ms),
                 requests=sum(m.requests for m in ms),
                 error_detail=dict(detail),
@@ -191,20 +193,27 @@ def markdown(
         if not mine:
             continue
         unit = mine[0].unit
-        out += ["", f"## {scenario}", "", SCENARIOS[scenario].about + ".", ""]
-        out += [
-            f"| server | load | {unit} | p50 ms | p99 ms | errors | peak RSS MiB |",
-            "|---|---|---:|---:|---:|---|---:|",
-        ]
+        about = SCENARIOS[scenario].about
+        out += ["", f"## {scenario}", "", about[0].upper() + about[1:] + ".", ""]
+        if unit == "req/s":
+            out.append(f"| server | load | {unit} | p50 ms | p99 ms | errors | peak RSS MiB |")
+        else:
+            out.append(f"| server | load | {unit} | seconds | errors | peak RSS MiB |")
+        out.append("|---|---|" + "---:|" * (3 if unit == "req/s" else 2) + "---|---:|")
         order = {name: i for i, name in enumerate(server_order)}
         loads = {name: i for i, name in enumerate(load_order)}
         mine.sort(key=lambda r: (loads.get(r.load, 99), order.get(r.server, 99)))
         for r in mine:
-            digits = 0 if unit == "req/s" else 1
+            if unit == "req/s":
+                middle = (
+                    f"{_num(r.value, r.value_ratio)} | {_num(r.p50_ms, r.p50_ratio, 2)} "
+                    f"| {_num(r.p99_ms, r.p99_ratio, 2)}"
+                )
+            else:
+                middle = f"{_num(r.value, r.value_ratio, 1)} | {_num(r.seconds, None, 2)}"
             out.append(
-                f"| {r.server} | {r.load} | {_num(r.value, r.value_ratio, digits)} "
-                f"| {_num(r.p50_ms, r.p50_ratio, 2)} | {_num(r.p99_ms, r.p99_ratio, 2)} "
-                f"| {_errors(r)} | {_num(r.rss_mib, r.rss_ratio, 1)} |"
+                f"| {r.server} | {r.load} | {middle} | {_errors(r)} "
+                f"| {_num(r.rss_mib, r.rss_ratio, 1)} |"
             )
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
