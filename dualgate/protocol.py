@@ -93,6 +93,7 @@ class RequestCycle:
         "_protocol",
         "body_complete",
         "body_received",
+        "content_length",
         "disconnected",
         "expects_body",
         "expects_continue",
@@ -138,6 +139,7 @@ class RequestCycle:
         self.sent_bytes = 0
         self.keep_alive = True
         self.expects_body = False
+        self.content_length = 0
         self.expects_continue = False
         self.framing = EMPTY
         self.remaining = 0
@@ -295,6 +297,14 @@ class HTTPProtocol(asyncio.Protocol):
         self._over_limit = False
         self._draining = 0
         self._closed = False
+        # The rest of a Content-Length body is read directly, not through h11, whose buffer
+        # copies every byte three times (two thirds of the loop's time in a 200 MB upload).
+        # `_direct` holds from then until the next parser; bytes after the body are carried
+        # over to it.
+        self._direct = False
+        self._body_left = 0
+        self._carry = b""
+        self._carry_closed = False
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -332,11 +342,17 @@ class HTTPProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # A client may half-close after sending its request and still wait for the response.
+        if self._direct and not self._body_left:
+            self._carry_closed = True
+            return True
         self.conn.receive_data(b"")
         self._handle_events()
         return True
 
     def data_received(self, data: bytes) -> None:
+        if self._direct:
+            self._receive_directly(data)
+            return
         if self._head_window is not None:
             if self.cycle is None and not self._head_timer_armed and self._deadline:
                 self._head_timer_armed = True
@@ -357,6 +373,25 @@ class HTTPProtocol(asyncio.Protocol):
             self._arm_timer(self.state.config.timeout_read, "request body")
         self.conn.receive_data(data)
         self._handle_events()
+
+    def _receive_directly(self, data: bytes) -> None:
+        left = self._body_left
+        if left:
+            body = data if len(data) <= left else data[:left]
+            data = data[len(body) :]
+            self._body_left = left - len(body)
+            if self._body_left and not self._reading_paused:
+                self._arm_timer(self.state.config.timeout_read, "request body")
+        else:
+            body = b""
+        if data:
+            # The next request, pipelined: it waits for the next parser, and reading stops.
+            self._carry += data
+            self._pause_reading()
+        if body:
+            self._on_body_data(body)
+            if not self._body_left and not self._closed:
+                self._on_body_end()
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -399,7 +434,8 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             event_type = type(event)
             if event_type is h11.Data:
-                self._on_body_data(event.data)  # type: ignore[union-attr]
+                # h11 hands out bytearray slices of its buffer; applications get bytes.
+                self._on_body_data(bytes(event.data))  # type: ignore[union-attr]
             elif event_type is h11.Request:
                 self._on_request(event)  # type: ignore[arg-type]
             elif event_type is h11.EndOfMessage:
@@ -408,6 +444,16 @@ class HTTPProtocol(asyncio.Protocol):
                 # or the next data_received (PAUSED) takes it from here.
                 return
             elif event is h11.NEED_DATA:
+                cycle = self.cycle
+                if (
+                    cycle is not None
+                    and cycle.content_length
+                    and not cycle.body_complete
+                    and conn.their_state is h11.SEND_BODY
+                ):
+                    # h11 has handed out all it buffered; the rest of the body comes directly.
+                    self._direct = True
+                    self._body_left = cycle.content_length - cycle.body_received
                 return
             elif event is h11.PAUSED:
                 # A pipelined request waits until the current response is done; stop reading
@@ -477,6 +523,7 @@ class HTTPProtocol(asyncio.Protocol):
                 # (h11 checks only that there is exactly one).
                 return 400, "Invalid Host header"
         cycle.expects_body = has_chunked or length > 0
+        cycle.content_length = length if has_length and not has_chunked else 0
         cycle.keep_alive = wants_keep_alive(cycle.http_version, connection)
         if has_length and has_chunked:
             return 400, "Both Content-Length and Transfer-Encoding"
@@ -538,8 +585,11 @@ class HTTPProtocol(asyncio.Protocol):
             error_logger.exception("Request handler failed")
             cycle.respond_error(500, "Internal Server Error")
 
+    def _body_arriving(self) -> bool:
+        return self.cycle is not None and not self.cycle.body_complete
+
     def body_drained(self) -> None:
-        if self._reading_paused and self.conn.their_state is h11.SEND_BODY:
+        if self._reading_paused and self._body_arriving():
             self._resume_reading()
             self._arm_timer(self.state.config.timeout_read, "request body")
 
@@ -551,14 +601,14 @@ class HTTPProtocol(asyncio.Protocol):
             and not cycle.head_sent
         ):
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if self._reading_paused and self.conn.their_state is h11.SEND_BODY:
+        if self._reading_paused and self._body_arriving():
             self._resume_reading()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
             self._reading_paused = True
             self.transport.pause_reading()
-            if self.conn.their_state is h11.SEND_BODY:
+            if self._body_arriving():
                 # The stall is the application's, not the client's.
                 self._cancel_timer()
 
@@ -692,9 +742,9 @@ class HTTPProtocol(asyncio.Protocol):
         self._log_access(cycle)
         if not cycle.keep_alive or framing == CLOSE or self.state.shutting_down:
             self._close()
-        elif self.conn.their_state is h11.DONE:
+        elif cycle.body_complete:
             self._start_next_cycle()
-        elif self.conn.their_state is h11.SEND_BODY:
+        elif self._direct or self.conn.their_state is h11.SEND_BODY:
             # The application answered without reading the whole body: read and drop the rest.
             self._draining = cycle.body_buffered
             cycle.take_body()
@@ -729,6 +779,12 @@ class HTTPProtocol(asyncio.Protocol):
         # A fresh parser per request: h11 only ever parses here (framing.py writes responses),
         # and a new Connection costs less than keeping its server-side state machine in step.
         pipelined, closed = self.conn.trailing_data
+        if self._direct:
+            pipelined += self._carry
+            closed = closed or self._carry_closed
+            self._direct = False
+            self._carry = b""
+            self._carry_closed = False
         pipelined = pipelined.lstrip(b"\r\n")  # empty lines before a request line are ignored
         self.conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.state.config.max_head_size
@@ -748,7 +804,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._head_timer_armed = False
             self._arm_timer(self.state.config.timeout_keep_alive, "keep-alive idle")
         self._resume_reading()
-        if self._head_window:
+        if pipelined or closed:
             self._handle_events()
 
     # -- refusals, timers, closing ------------------------------------------------------

@@ -138,6 +138,7 @@ class _ThreadBody:
         self._high_water = high_water
         self._ready = threading.Condition(threading.Lock())
         self._chunks: deque[bytes] = deque()
+        self._offset = 0  # bytes of the first chunk already read
         self._unread = 0
         self._ended = False
         self._gone = False
@@ -175,10 +176,17 @@ class _ThreadBody:
                     self._wants_pump = False
                     self._loop.call_soon_threadsafe(self.pump)
                 self._ready.wait(_WAKE_INTERVAL)
-            chunk = self._chunks.popleft()
-            if 0 <= size < len(chunk):
-                self._chunks.appendleft(chunk[size:])
-                chunk = chunk[:size]
+            chunk = self._chunks[0]
+            start = self._offset
+            if 0 <= size < len(chunk) - start:
+                # Read the front of a large chunk without copying the rest of it.
+                self._offset = start + size
+                chunk = chunk[start : start + size]
+            else:
+                self._chunks.popleft()
+                self._offset = 0
+                if start:
+                    chunk = chunk[start:]
             self._unread -= len(chunk)
             if self._wants_pump and self._unread < self._high_water // 2:
                 self._wants_pump = False

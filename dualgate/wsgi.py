@@ -125,6 +125,20 @@ class WSGIInput:
             return b"".join(parts)
         if size <= len(self._pending):
             return self._take_pending(size)
+        if not self._pending:
+            # The common case: nothing left over from readline(); no join, no copy.
+            first = self._source.read(size)
+            if len(first) == size or not first:
+                return first
+            parts = [first]
+            wanted = size - len(first)
+            while wanted > 0:
+                chunk = self._source.read(wanted)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                wanted -= len(chunk)
+            return b"".join(parts)
         parts = [self._pending]
         wanted = size - len(self._pending)
         self._pending = b""

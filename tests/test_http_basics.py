@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -379,3 +380,32 @@ def test_higher_minor_version_is_served_as_http11(serve: ServeFactory) -> None:
         assert status == b"HTTP/1.1 200 OK"
         assert body.startswith(b"GET /minor? ")
         assert headers.get(b"connection", b"").lower() != b"close"
+
+
+def test_body_in_later_packets_then_pipelined_request(serve: ServeFactory) -> None:
+    # Once h11 has handed out what it buffered, the rest of a Content-Length body is read
+    # directly; the bytes after it must still reach the next request's parser.
+    server = serve(echo_body)
+    with connect(server.port) as sock:
+        reader = Reader(sock)
+        sock.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        time.sleep(0.05)
+        sock.sendall(b"hello")
+        time.sleep(0.05)
+        sock.sendall(b"world" + b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        assert reader.read_response()[2] == b"10:helloworld"
+        assert reader.read_response()[2] == b"3:abc"
+
+
+def test_half_close_after_a_body_in_later_packets_still_gets_the_answer(
+    serve: ServeFactory,
+) -> None:
+    server = serve(echo_body)
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n")
+        time.sleep(0.05)
+        sock.sendall(b"data")
+        sock.shutdown(socket.SHUT_WR)
+        response = read_until_closed(sock)
+    assert response.startswith(b"HTTP/1.1 200 OK")
+    assert response.endswith(b"4:data")
