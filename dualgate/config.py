@@ -80,7 +80,7 @@ class Config:
         (), "serve PREFIX=MODULE:ATTR (WSGI or ASGI) under a path prefix; repeatable", check=_mount
     )
     root_path: str = _setting("", "path prefix the app is mounted under (SCRIPT_NAME / root_path)")
-    threads: int = _setting(8, "worker threads running WSGI applications", check=_positive)
+    threads: int = _setting(16, "worker threads running WSGI applications", check=_positive)
     backlog: int = _setting(2048, "listen backlog of the server socket", check=_positive)
     limit_concurrency: int = _setting(
         1000,
