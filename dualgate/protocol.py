@@ -3,15 +3,16 @@
 Rules of this file:
 - Everything here runs on the event loop thread. Code in worker threads reaches a cycle only
   through `loop.call_soon_threadsafe` (see workers.py).
-- h11 owns framing and the connection state machine. Where h11 is more lenient than RFC 9112's
-  MUSTs (both Content-Length and Transfer-Encoding, obs-fold, bare LF, versions other than 1.x,
-  request targets, oversized heads that arrive whole, no deadline for the head), the checks are
-  made here, before a request can reach an application.
+- h11 parses requests, with a fresh `h11.Connection` per request (cheaper than keeping its
+  server-side state in step); framing.py writes responses; checks.py refuses what h11 lets
+  through but RFC 9112 does not. Once h11 has handed out what it buffered of a Content-Length
+  body, the rest is read directly (`_direct`), sparing h11's buffer copies.
 - A request that is refused never reaches the application, and nothing after it on the same
   connection is read: a refusal always closes the connection.
+- Timeouts are one deadline per connection, checked by the server's sweep, not loop timers.
 - `RequestCycle` is all an interface (WSGI or ASGI) sees of a connection: `take_body` and
-  `on_body_ready` for the request body; `send_head`, `send_body`, `finish`, `abort` for the
-  response; `disconnected` to learn that the client has gone.
+  `on_body_ready` for the request body; `send_head`, `send_body`, `respond`, `finish`,
+  `abort` for the response; `disconnected` and `on_disconnect` to learn the client has gone.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import h11
 
-from dualgate.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head, wants_keep_alive
+from dualgate.checks import check_request, final_coding_is_chunked, origin_form
+from dualgate.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
 from dualgate.logs import access_logger, error_logger, format_access
 
 if TYPE_CHECKING:
@@ -42,12 +43,6 @@ RequestHandler = Callable[["RequestCycle"], None]
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 # RFC 9110 renamed these; Python 3.11's http module still has the RFC 7231 phrases.
 _REASONS.update({413: b"Content Too Large", 414: b"URI Too Long", 422: b"Unprocessable Content"})
-# uri-host [":" port] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): IP-literal, or
-# IPv4address / reg-name, which may be empty; no userinfo, path or whitespace.
-_HOST = re.compile(
-    rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
-    rb"(?::[0-9]*)?"
-)
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
@@ -425,7 +420,7 @@ class HTTPProtocol(asyncio.Protocol):
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
-                if status == 501 and not _final_coding_is_chunked(self._head_window):
+                if status == 501 and not final_coding_is_chunked(self._head_window):
                     # h11 answers every Transfer-Encoding but a lone "chunked" with 501; RFC
                     # 9112 section 6.3 item 4 makes a request whose final coding is not chunked
                     # a MUST-400 ("chunked, gzip", "gzip"). 501 stays for "gzip, chunked".
@@ -475,7 +470,7 @@ class HTTPProtocol(asyncio.Protocol):
         end = window.find(b"\r\n\r\n")
         head = bytes(window[: end + 4]) if end >= 0 else bytes(window)
         self.cycle = cycle = RequestCycle(self, request)
-        refusal = self._check_request(cycle, head)
+        refusal = check_request(cycle, head, self.state.config)
         if refusal is not None:
             self._refuse(*refusal)
             return
@@ -483,7 +478,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._refuse(503, "Server busy, retry later", [(b"retry-after", b"1")])
             return
         if cycle.target[:1] not in (b"/", b"*"):
-            cycle.target, cycle.headers = _origin_form(cycle.target, cycle.headers)
+            cycle.target, cycle.headers = origin_form(cycle.target, cycle.headers)
         if cycle.expects_body:
             # The handler gets the request now and decides whether to wait for body bytes
             # (WSGI pre-buffers so a dribbling upload holds no thread; ASGI streams at once).
@@ -491,64 +486,6 @@ class HTTPProtocol(asyncio.Protocol):
             self._arm_timer(self.state.config.timeout_read, "request body")
             self._dispatch(cycle)
         # Without a body, h11's EndOfMessage follows at once and dispatches.
-
-    def _check_request(self, cycle: RequestCycle, head: bytes) -> tuple[int, str] | None:
-        """The RFC 9112 MUSTs that h11 leaves to us; None when the request may be served.
-
-        On the way it notes whether a body follows (`cycle.expects_body`) and whether the client
-        allows keep-alive (`cycle.keep_alive`)."""
-        config = self.state.config
-        if len(head) > config.max_head_size:
-            return 431, "Request head too large"
-        if cycle.http_version[:2] != b"1.":
-            return 505, "Only HTTP/1.x is served"
-        lf = head.count(b"\n")
-        if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
-            return 400, "Bare CR or LF in the request head"
-        if b"\n " in head or b"\n\t" in head:
-            return 400, "Obsolete line folding in the request head"
-        has_length = has_chunked = False
-        length = 0
-        connection: list[bytes] = []
-        for name, value in cycle.headers:
-            if name == b"connection":
-                connection.append(value)
-            elif name == b"content-length":
-                has_length = True
-                length = int(value)
-            elif name == b"transfer-encoding":
-                has_chunked = True
-            elif name == b"host" and not _HOST.fullmatch(value):
-                # RFC 9112 section 3.2: a Host that is not uri-host [":" port] MUST get a 400
-                # (h11 checks only that there is exactly one).
-                return 400, "Invalid Host header"
-        cycle.expects_body = has_chunked or length > 0
-        cycle.content_length = length if has_length and not has_chunked else 0
-        cycle.keep_alive = wants_keep_alive(cycle.http_version, connection)
-        if has_length and has_chunked:
-            return 400, "Both Content-Length and Transfer-Encoding"
-        if config.max_body_size is not None and length > config.max_body_size:
-            return 413, "Request body too large"
-        target = cycle.target
-        method = cycle.method
-        if method == b"CONNECT":
-            return 501, "CONNECT is not served"
-        if b"#" in target:
-            # RFC 9112 section 3.2: a fragment is not part of a request target.
-            return 400, "A fragment (#) in the request target"
-        if target == b"*":
-            if method != b"OPTIONS":
-                return 400, "The * target is for OPTIONS only"
-        elif not target.startswith(b"/"):
-            scheme, sep, rest = target.partition(b"://")
-            if not sep or scheme.lower() not in (b"http", b"https"):
-                return 400, "Invalid request target"
-            # RFC 9110 sections 4.2.1 and 4.2.4: an http(s) URI with an empty host is invalid,
-            # and userinfo in it is an error; the authority becomes the Host the app sees.
-            authority = re.split(rb"[/?#]", rest, maxsplit=1)[0]
-            if authority[:1] in (b"", b":") or not _HOST.fullmatch(authority):
-                return 400, "Invalid request target"
-        return None
 
     def _on_body_data(self, data: bytes) -> None:
         cycle = self.cycle
@@ -890,38 +827,9 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-def _final_coding_is_chunked(head: bytes | bytearray | None) -> bool:
-    """Whether the Transfer-Encoding header(s) in a raw head end with chunked, applied once.
-
-    Chunked twice ("chunked, chunked") is malformed (RFC 9112 section 7), so a 400 too.
-    """
-    codings: list[bytes] = []
-    for line in bytes(head or b"").split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if sep and name.lower() == b"transfer-encoding":
-            codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
-    return codings[-1:] == [b"chunked"] and codings.count(b"chunked") == 1
-
-
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _origin_form(target: bytes, headers: Headers) -> tuple[bytes, Headers]:
-    """An absolute-form target as the origin-form path (and query) every interface sees.
-
-    RFC 9112 section 3.2.2: the server uses the target's authority as Host, ignoring any Host
-    header the request carried.
-    """
-    rest = target.partition(b"://")[2]
-    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
-    authority, path_and_query = rest[:cut], rest[cut:]
-    if not path_and_query.startswith(b"/"):
-        path_and_query = b"/" + path_and_query
-    headers = [(name, value) for name, value in headers if name != b"host"]
-    headers.append((b"host", authority))
-    return path_and_query, headers
 
 
 def loop_can_sendfile(loop: asyncio.AbstractEventLoop) -> bool:

@@ -1,0 +1,117 @@
+"""The RFC 9112 and RFC 9110 requirements on requests that h11 leaves to the server.
+
+h11 parses leniently in places: it accepts a request carrying both Content-Length and
+Transfer-Encoding, obs-fold, bare LF line ends, any HTTP/d.d version, a Host of any shape, any
+request target for any method, and a head larger than its limit when it arrives whole. Every
+request passes `check_request` before an application can see it; a refusal closes the
+connection, so nothing pipelined after a refused request is ever read.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from dualgate.framing import wants_keep_alive
+
+if TYPE_CHECKING:
+    from dualgate.config import Config
+    from dualgate.protocol import RequestCycle
+
+__all__ = ["check_request", "final_coding_is_chunked", "origin_form"]
+
+Headers = list[tuple[bytes, bytes]]
+
+# uri-host [":" port] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): IP-literal, or
+# IPv4address / reg-name, which may be empty; no userinfo, path or whitespace.
+_HOST = re.compile(
+    rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::[0-9]*)?"
+)
+
+
+def check_request(cycle: RequestCycle, head: bytes, config: Config) -> tuple[int, str] | None:
+    """The RFC 9112 MUSTs that h11 leaves to us; None when the request may be served.
+
+    On the way it notes whether a body follows (`cycle.expects_body`) and whether the client
+    allows keep-alive (`cycle.keep_alive`)."""
+    if len(head) > config.max_head_size:
+        return 431, "Request head too large"
+    if cycle.http_version[:2] != b"1.":
+        return 505, "Only HTTP/1.x is served"
+    lf = head.count(b"\n")
+    if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
+        return 400, "Bare CR or LF in the request head"
+    if b"\n " in head or b"\n\t" in head:
+        return 400, "Obsolete line folding in the request head"
+    has_length = has_chunked = False
+    length = 0
+    connection: list[bytes] = []
+    for name, value in cycle.headers:
+        if name == b"connection":
+            connection.append(value)
+        elif name == b"content-length":
+            has_length = True
+            length = int(value)
+        elif name == b"transfer-encoding":
+            has_chunked = True
+        elif name == b"host" and not _HOST.fullmatch(value):
+            # RFC 9112 section 3.2: a Host that is not uri-host [":" port] MUST get a 400
+            # (h11 checks only that there is exactly one).
+            return 400, "Invalid Host header"
+    cycle.expects_body = has_chunked or length > 0
+    cycle.content_length = length if has_length and not has_chunked else 0
+    cycle.keep_alive = wants_keep_alive(cycle.http_version, connection)
+    if has_length and has_chunked:
+        return 400, "Both Content-Length and Transfer-Encoding"
+    if config.max_body_size is not None and length > config.max_body_size:
+        return 413, "Request body too large"
+    target = cycle.target
+    method = cycle.method
+    if method == b"CONNECT":
+        return 501, "CONNECT is not served"
+    if b"#" in target:
+        # RFC 9112 section 3.2: a fragment is not part of a request target.
+        return 400, "A fragment (#) in the request target"
+    if target == b"*":
+        if method != b"OPTIONS":
+            return 400, "The * target is for OPTIONS only"
+    elif not target.startswith(b"/"):
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            return 400, "Invalid request target"
+        # RFC 9110 sections 4.2.1 and 4.2.4: an http(s) URI with an empty host is invalid,
+        # and userinfo in it is an error; the authority becomes the Host the app sees.
+        authority = re.split(rb"[/?#]", rest, maxsplit=1)[0]
+        if authority[:1] in (b"", b":") or not _HOST.fullmatch(authority):
+            return 400, "Invalid request target"
+    return None
+
+
+def final_coding_is_chunked(head: bytes | bytearray | None) -> bool:
+    """Whether the Transfer-Encoding header(s) in a raw head end with chunked, applied once.
+
+    Chunked twice ("chunked, chunked") is malformed (RFC 9112 section 7), so a 400 too.
+    """
+    codings: list[bytes] = []
+    for line in bytes(head or b"").split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.lower() == b"transfer-encoding":
+            codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
+    return codings[-1:] == [b"chunked"] and codings.count(b"chunked") == 1
+
+
+def origin_form(target: bytes, headers: Headers) -> tuple[bytes, Headers]:
+    """An absolute-form target as the origin-form path (and query) every interface sees.
+
+    RFC 9112 section 3.2.2: the server uses the target's authority as Host, ignoring any Host
+    header the request carried.
+    """
+    rest = target.partition(b"://")[2]
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority, path_and_query = rest[:cut], rest[cut:]
+    if not path_and_query.startswith(b"/"):
+        path_and_query = b"/" + path_and_query
+    headers = [(name, value) for name, value in headers if name != b"host"]
+    headers.append((b"host", authority))
+    return path_and_query, headers
