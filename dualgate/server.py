@@ -39,6 +39,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._force = False
+        self._stop_requested = False
         self._listeners: list[asyncio.Server] = []
         self._pool: WorkerPool | None = None
         self._lifespans: list[Lifespan] = []
@@ -65,6 +66,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
+        if self._stop_requested:
+            self._stop.set()  # shutdown() came before the loop did
         try:
             await self._startup(loop)
         except BaseException as exc:
@@ -84,6 +87,7 @@ class Server:
     def shutdown(self, force: bool = False) -> None:
         """Ask for a graceful stop; safe from any thread, and before the loop has started."""
         self._force = self._force or force
+        self._stop_requested = True
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(stop.set)

@@ -6,8 +6,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+from dualgate import Config, Server
 from tests.conftest import ServeFactory, connect, read_response
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -55,3 +57,13 @@ def _check_hello_then_sigterm(process: subprocess.Popen[str]) -> None:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def test_shutdown_before_the_loop_starts_still_stops_the_server() -> None:
+    server = Server(Config(app=hello, port=0, access_log=False, loop="asyncio"))
+    server.shutdown()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "a shutdown() asked before run() was lost"
+    assert server.started.is_set()
