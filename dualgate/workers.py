@@ -216,6 +216,9 @@ class ThreadSink:
         self._tail: bytes | None = None
         self._aborted = False
         self._queued = 0
+        self._unsent: list[bytes] = []
+        self._unsent_head: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
+        self._flush_posted = False
         self._drained: threading.Condition | None = None
 
     def start(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -228,31 +231,48 @@ class ThreadSink:
         drained = self._drained
         if drained is None:
             drained = self._drained = threading.Condition(threading.Lock())
-        head, self._head = self._head, None
         with drained:
+            if self._head is not None:
+                # Taken here, in the worker, so complete() can never send it a second time.
+                self._unsent_head, self._head = self._head, None
+            self._unsent.append(data)
             self._queued += len(data)
-        self._loop.call_soon_threadsafe(self._write_on_loop, head, data)
+            post = not self._flush_posted
+            self._flush_posted = True
+        if post:
+            # One post carries every chunk written until the loop gets to it.
+            self._loop.call_soon_threadsafe(self._flush_on_loop)
         with drained:
-            while self._queued > self._high_water and not cycle.disconnected:
-                drained.wait(_WAKE_INTERVAL)
+            if self._queued > self._high_water:
+                # Wait down to half the mark, not just under it, so the next chunks go out
+                # together instead of one thread wake-up per chunk.
+                while self._queued > self._high_water // 2 and not cycle.disconnected:
+                    drained.wait(_WAKE_INTERVAL)
         if cycle.disconnected:
             raise ClientDisconnected("the client went away")
 
-    def _write_on_loop(
-        self, head: tuple[int, list[tuple[bytes, bytes]], bytes] | None, data: bytes
-    ) -> None:
+    def _flush_on_loop(self) -> None:
+        drained = self._drained
+        assert drained is not None
+        with drained:
+            chunks = self._unsent
+            self._unsent = []
+            self._flush_posted = False
+            head, self._unsent_head = self._unsent_head, None
         cycle = self._cycle
         if head is not None:
             cycle.send_head(*head)
-        cycle.send_body(data)
-        cycle.when_writable(functools.partial(self._sent, len(data)))
+        for chunk in chunks:
+            cycle.send_body(chunk)
+        cycle.when_writable(functools.partial(self._sent, sum(len(chunk) for chunk in chunks)))
 
     def _sent(self, size: int) -> None:
         drained = self._drained
         assert drained is not None
         with drained:
             self._queued -= size
-            drained.notify()
+            if self._queued <= self._high_water // 2:
+                drained.notify()
 
     def sendfile(self, file: Any, offset: int, count: int) -> bool:
         if not loop_can_sendfile(self._loop):
