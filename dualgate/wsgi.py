@@ -125,23 +125,15 @@ class WSGIInput:
             return b"".join(parts)
         if size <= len(self._pending):
             return self._take_pending(size)
-        if not self._pending:
-            # The common case: nothing left over from readline(); no join, no copy.
+        if self._pending:
+            parts = [self._pending]
+            self._pending = b""
+        else:
             first = self._source.read(size)
             if len(first) == size or not first:
-                return first
+                return first  # the common case: no join, no copy
             parts = [first]
-            wanted = size - len(first)
-            while wanted > 0:
-                chunk = self._source.read(wanted)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                wanted -= len(chunk)
-            return b"".join(parts)
-        parts = [self._pending]
-        wanted = size - len(self._pending)
-        self._pending = b""
+        wanted = size - len(parts[0])
         while wanted > 0:
             chunk = self._source.read(wanted)
             if not chunk:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from dualgate import WSGIMiddleware
-from tests.conftest import SOCKET_TIMEOUT, running_server
+from tests.conftest import SOCKET_TIMEOUT, read_until_closed, running_server
 
 __all__ = [
     "FEEDERS",
@@ -98,16 +98,7 @@ def raw_request(url: str, data: bytes, timeout: float = SOCKET_TIMEOUT) -> bytes
     with socket.create_connection(("127.0.0.1", url_port(url)), timeout=timeout) as sock:
         sock.settimeout(timeout)
         sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_until_closed(sock)
 
 
 class Response(NamedTuple):
