@@ -24,18 +24,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _flag_kwargs(kind: Any, default: Any) -> dict[str, Any]:
+def _flag_kwargs(kind: Any, metavar: str) -> dict[str, Any]:
     """argparse settings for a Config field of type `kind`."""
     if kind is bool:
         return {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(kind) is typing.Literal:
         return {"choices": typing.get_args(kind)}
     if typing.get_origin(kind) is tuple:
-        return {"action": "append", "type": typing.get_args(kind)[0], "metavar": "VALUE"}
+        return {"action": "append", "type": typing.get_args(kind)[0], "metavar": metavar}
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         concrete = [arg for arg in typing.get_args(kind) if arg is not type(None)]
-        return _flag_kwargs(concrete[0], default)
-    return {"type": kind, "metavar": kind.__name__.upper()}
+        return _flag_kwargs(concrete[0], metavar)
+    return {"type": kind, "metavar": metavar}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     for item in dataclasses.fields(Config):
         if not item.metadata.get("flag", True):
             continue
-        kwargs = _flag_kwargs(hints[item.name], item.default)
+        metavar = item.metadata.get("metavar", item.name.upper())
+        kwargs = _flag_kwargs(hints[item.name], metavar)
         default = item.default
         shown = (
             ""

@@ -77,7 +77,10 @@ class Config:
     factory: bool = _setting(False, "treat MODULE:ATTR as a callable that returns the application")
     app_dir: str = _setting(".", "directory put first on sys.path before loading the application")
     mount: tuple[str, ...] = _setting(
-        (), "serve PREFIX=MODULE:ATTR (WSGI or ASGI) under a path prefix; repeatable", check=_mount
+        (),
+        "serve PREFIX=MODULE:ATTR (WSGI or ASGI) under a path prefix; repeatable",
+        check=_mount,
+        metavar="PREFIX=MODULE:ATTR",
     )
     root_path: str = _setting("", "path prefix the app is mounted under (SCRIPT_NAME / root_path)")
     threads: int = _setting(16, "worker threads running WSGI applications", check=_positive)
