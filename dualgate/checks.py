@@ -64,6 +64,10 @@ def check_request(cycle: RequestCycle, head: bytes, config: Config) -> tuple[int
     cycle.keep_alive = wants_keep_alive(cycle.http_version, connection)
     if has_length and has_chunked:
         return 400, "Both Content-Length and Transfer-Encoding"
+    if has_chunked and cycle.http_version == b"1.0":
+        # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated as
+        # having faulty framing; a forwarder may have left part of it in its buffer.
+        return 400, "Transfer-Encoding in an HTTP/1.0 request"
     if config.max_body_size is not None and length > config.max_body_size:
         return 413, "Request body too large"
     target = cycle.target

@@ -164,6 +164,12 @@ CASES: list[tuple[str, bytes, int]] = [
     ),
     ("relative-target", b"GET path HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (
+        # RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing.
+        "http10-transfer-encoding",
+        b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        400,
+    ),
+    (
         # RFC 9112 3.2: a fragment is not part of any request-target form.
         "fragment-in-target",
         b"GET /page#frag HTTP/1.1\r\nHost: x\r\n\r\n",
