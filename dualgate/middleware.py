@@ -31,9 +31,8 @@ from dualgate.wsgi import (
 __all__ = ["WSGIMiddleware"]
 
 Message = dict[str, Any]
-# Fix: received messages typed as a Mapping (not dict), so that a server's or framework's
-# receive() returning a MutableMapping (Starlette's Receive) type-checks: with dict,
-# `Mount("/x", app=WSGIMiddleware(app))` failed under mypy --strict.
+# Received messages are Mappings, not dicts, so that a framework's receive() returning a
+# MutableMapping (Starlette's Receive) type-checks in `Mount("/x", app=WSGIMiddleware(app))`.
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Message], Awaitable[None]]
 Head = tuple[int, list[tuple[bytes, bytes]]]
@@ -205,9 +204,8 @@ class _Sink:
         self._started = False
 
     def start(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        # Fix: the ASGI spec (http.response.start) says header names must be lower-cased; WSGI
-        # apps send "Content-Type", and ASGI servers or middleware that look up b"content-type"
-        # would miss it.
+        # The ASGI spec (http.response.start) wants lower-cased header names; WSGI apps send
+        # "Content-Type", which ASGI middleware looking up b"content-type" would miss.
         self._head = (status, [(name.lower(), value) for name, value in headers])
 
     def write(self, data: bytes) -> None:

@@ -18,11 +18,9 @@ class MountRouter:
 
     def __call__(self, cycle: RequestCycle) -> None:
         path = path_info_from_raw(cycle.target.partition(b"?")[0])
-        # Fix: with --root-path, each handler's root path is ROOT + PREFIX, but the prefixes were
-        # matched against the whole path, so "/base/api/x" matched nothing and a stripped
-        # "/api/x" reached the app as SCRIPT_NAME "/base/api", PATH_INFO "/api/x" (ASGI path
-        # "/base/api/api/x"). Match on the path below the root path, and put a root path that a
-        # proxy stripped back on the target, so every handler finds its whole mount point in it.
+        # With --root-path, each handler's root path is ROOT + PREFIX: prefixes match the path
+        # below the root path, and a root path that a proxy stripped goes back on the target, so
+        # every handler finds its whole mount point in it.
         root = cycle.config.root_path
         if root:
             if path == root or path.startswith(root + "/"):

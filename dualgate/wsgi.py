@@ -450,9 +450,9 @@ def run_wsgi(app: WSGIApplication, environ: WSGIEnvironment, sink: ResponseSink)
                 except Exception:
                     if not finished:
                         raise
-                    # Fix: the response was already complete (its end only recorded in the
-                    # sink), so a failing close() is logged, not turned into a broken-off
-                    # response the client would take for a network failure.
+                    # The response was already complete (its end recorded in the sink), so a
+                    # failing close() is logged, not turned into a broken-off response the
+                    # client would take for a network failure.
                     logger.exception("Exception in close() of the WSGI application's iterable")
     except ClientDisconnected:
         logger.debug(
@@ -479,9 +479,9 @@ def _send_result(result: Iterable[bytes], response: _Response) -> None:
                 if total <= _WHOLE_BODY_LIMIT:
                     response.finish(b"".join(chunks))
                     return
-                # Fix: a body given whole but too big to send in one piece still has a known
-                # length; declare it (PEP 3333 "Handling the Content-Length Header") instead
-                # of falling back to chunked, then stream it as usual.
+                # A body given whole but too big to send in one piece still has a known
+                # length: declare it (PEP 3333 "Handling the Content-Length Header") rather
+                # than fall back to chunked, then stream it as usual.
                 if response.content_length is None and response.status not in _NO_BODY_STATUS:
                     response.headers.append((b"content-length", str(total).encode("ascii")))
                     response.content_length = total
