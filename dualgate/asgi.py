@@ -93,7 +93,7 @@ class _Exchange:
                 return {"type": "http.request", "body": data, "more_body": more}
             future, cycle.on_body_ready = self._waiter()
             await future
-        while not cycle.disconnected and not cycle.response_complete:
+        while not (cycle.disconnected or cycle.response_complete or cycle.client_closed):
             future, wake = self._waiter()
             cycle.on_disconnect = self._wake_receiver = wake
             await future

@@ -88,6 +88,7 @@ class RequestCycle:
         "_protocol",
         "body_complete",
         "body_received",
+        "client_closed",
         "content_length",
         "disconnected",
         "expects_body",
@@ -128,6 +129,8 @@ class RequestCycle:
         self.on_body_ready: Callable[[], None] | None = None
         self.on_disconnect: Callable[[], None] | None = None
         self.disconnected = False
+        # The client has sent all it will (EOF after the request); it may still be reading.
+        self.client_closed = False
         self.head_sent = False
         self.response_complete = False
         self.status = 0
@@ -336,12 +339,21 @@ class HTTPProtocol(asyncio.Protocol):
             waiter()
 
     def eof_received(self) -> bool:
-        # A client may half-close after sending its request and still wait for the response.
+        # A client may half-close after sending its request and still wait for the response,
+        # so the transport stays open for writing. An ASGI app listening for http.disconnect
+        # (long-poll, server-sent events) is told all the same, as uvicorn would.
         if self._direct and not self._body_left:
             self._carry_closed = True
-            return True
-        self.conn.receive_data(b"")
-        self._handle_events()
+        else:
+            self.conn.receive_data(b"")
+            self._handle_events()
+        cycle = self.cycle
+        if cycle is not None and cycle.body_complete and not cycle.response_complete:
+            cycle.client_closed = True
+            callback = cycle.on_disconnect
+            if callback is not None:
+                cycle.on_disconnect = None
+                callback()
         return True
 
     def data_received(self, data: bytes) -> None:

@@ -28,6 +28,7 @@ from tests.conftest import (
     asgi_app,
     assert_serves,
     connect,
+    read_until_closed,
     request,
 )
 
@@ -605,3 +606,26 @@ def test_head_puts_no_body_on_the_wire(serve: ServeFactory) -> None:
         status, _, body = reader.read_response()
         assert (status, body) == (b"HTTP/1.1 200 OK", b"hello world")
     assert methods == ["HEAD", "HEAD", "GET"]
+
+
+def test_half_close_tells_a_listening_app_and_the_answer_still_arrives(
+    serve: ServeFactory,
+) -> None:
+    # A client that shuts down its sending side has said all it will: an app idle in receive()
+    # hears http.disconnect (as under uvicorn), and whatever it still sends reaches the client.
+    seen: list[Message] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        assert (await receive())["type"] == "http.request"
+        seen.append(await asyncio.wait_for(receive(), WAIT))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"after-eof"})
+
+    server = serve(asgi_app(handler))
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /poll HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        response = read_until_closed(sock)
+    assert seen == [{"type": "http.disconnect"}]
+    assert response.startswith(b"HTTP/1.1 200 OK")
+    assert response.endswith(b"after-eof")
