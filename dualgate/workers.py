@@ -19,6 +19,7 @@ import contextvars
 import functools
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -121,10 +122,12 @@ class WorkerPool:
         return self.size - self._free
 
     def shutdown(self, timeout: float | None = None) -> None:
+        """Stop the threads once their jobs end, waiting at most `timeout` seconds in all."""
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 class _ThreadBody:
