@@ -409,3 +409,19 @@ def test_half_close_after_a_body_in_later_packets_still_gets_the_answer(
         response = read_until_closed(sock)
     assert response.startswith(b"HTTP/1.1 200 OK")
     assert response.endswith(b"4:data")
+
+
+def test_http10_keep_alive_is_kept_when_asked_and_the_length_is_known(
+    serve: ServeFactory,
+) -> None:
+    # RFC 9112 9.3 and appendix C.2.2: an HTTP/1.0 client that sends "Connection: keep-alive"
+    # may keep the connection, and the server says so in its response.
+    server = serve(echo_target)
+    with connect(server.port) as sock:
+        reader = Reader(sock)
+        for index in range(2):
+            sock.sendall(b"GET /ka/%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" % index)
+            status, headers, body = reader.read_response()
+            assert status == b"HTTP/1.1 200 OK"
+            assert headers.get(b"connection", b"").lower() == b"keep-alive"
+            assert body.startswith(b"GET /ka/%d? " % index)
