@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import h11
 
-from dualgate.checks import check_request, final_coding_is_chunked, origin_form
+from dualgate.checks import ChunkedFraming, check_request, final_coding_is_chunked, origin_form
 from dualgate.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
 from dualgate.logs import access_logger, error_logger, format_access
 
@@ -303,6 +303,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._body_left = 0
         self._carry = b""
         self._carry_closed = False
+        # The framing check of the current chunked request body, if it has one.
+        self._chunked: ChunkedFraming | None = None
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -378,6 +380,11 @@ class HTTPProtocol(asyncio.Protocol):
                 self._head_window = bytearray(self._head_window) + data
         elif self.cycle is not None and not self.cycle.body_complete and not self._reading_paused:
             self._arm_timer(self.state.config.timeout_read, "request body")
+        if self._chunked is not None:
+            problem = self._chunked.feed(data)
+            if problem is not None:
+                self._refuse(400, problem)
+                return
         self.conn.receive_data(data)
         self._handle_events()
 
@@ -491,6 +498,13 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if cycle.target[:1] not in (b"/", b"*"):
             cycle.target, cycle.headers = origin_form(cycle.target, cycle.headers)
+        if cycle.expects_body and not cycle.content_length:
+            # A chunked body: its framing is checked on the raw bytes, from those h11 holds.
+            self._chunked = ChunkedFraming()
+            problem = self._chunked.feed(self.conn.trailing_data[0])
+            if problem is not None:
+                self._refuse(400, problem)
+                return
         if cycle.expects_body:
             # The handler gets the request now and decides whether to wait for body bytes
             # (WSGI pre-buffers so a dribbling upload holds no thread; ASGI streams at once).
@@ -744,6 +758,7 @@ class HTTPProtocol(asyncio.Protocol):
             self.conn.receive_data(b"")
         self.cycle = None
         self._dispatched_cycle = None
+        self._chunked = None
         self._draining = 0
         self._head_window = pipelined
         if self._head_window:

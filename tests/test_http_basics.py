@@ -425,3 +425,21 @@ def test_http10_keep_alive_is_kept_when_asked_and_the_length_is_known(
             assert status == b"HTTP/1.1 200 OK"
             assert headers.get(b"connection", b"").lower() == b"keep-alive"
             assert body.startswith(b"GET /ka/%d? " % index)
+
+
+def test_valid_chunked_body_split_at_every_byte_is_accepted(serve: ServeFactory) -> None:
+    # The chunked framing check reads the raw bytes as they come; lines split anywhere must pass.
+    server = serve(echo_body)
+    body = (
+        b'4;name="va lue"\r\nWiki\r\n6\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\n'
+    )
+    with connect(server.port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for index in range(len(body)):
+            sock.sendall(body[index : index + 1])
+            if index % 16 == 0:
+                time.sleep(0.002)
+        status, _, answer = Reader(sock).read_response()
+    assert status == b"HTTP/1.1 200 OK"
+    assert answer == b"24:Wikipedia in \r\n\r\nchunks."

@@ -63,6 +63,31 @@ CASES: list[tuple[str, bytes, int]] = [
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
         400,
     ),
+    # RFC 9112 7.1: chunk = chunk-size [ chunk-ext ] CRLF. h11 reads chunk lines up to CRLF, so
+    # these framing shapes, on which proxies disagree, are checked on the raw bytes.
+    (
+        "chunk-size-trailing-space",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "bare-lf-in-chunk-extension",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5;a\nxx\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk-size-over-64-bits",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"10000000000000005\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "bare-lf-in-trailer",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Trailer: 1\n\r\n",
+        400,
+    ),
     (
         # RFC 9112 5.2: a server MUST reject obs-fold (or replace it), outside message/http.
         "obs-fold",
