@@ -2,9 +2,10 @@
 
 h11 parses leniently in places: it accepts a request carrying both Content-Length and
 Transfer-Encoding, obs-fold, bare LF line ends, any HTTP/d.d version, a Host of any shape, any
-request target for any method, and a head larger than its limit when it arrives whole. Every
-request passes `check_request` before an application can see it; a refusal closes the
-connection, so nothing pipelined after a refused request is ever read.
+request target for any method, a head larger than its limit when it arrives whole, and loose
+chunk framing. Every request passes `check_request` before an application can see it, and a
+chunked body passes `ChunkedFraming` as it arrives; a refusal closes the connection, so nothing
+pipelined after a refused request is ever read.
 """
 
 from __future__ import annotations
