@@ -37,6 +37,8 @@ def check_request(cycle: RequestCycle, head: bytes, config: Config) -> tuple[int
     On the way it notes whether a body follows (`cycle.expects_body`) and whether the client
     allows keep-alive (`cycle.keep_alive`)."""
     if len(head) > config.max_head_size:
+        if head.find(b"\r\n") > config.max_head_size // 2:
+            return 414, "Request target too long"
         return 431, "Request head too large"
     if cycle.http_version[:2] != b"1.":
         return 505, "Only HTTP/1.x is served"

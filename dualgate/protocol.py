@@ -444,6 +444,11 @@ class HTTPProtocol(asyncio.Protocol):
                     # 9112 section 6.3 item 4 makes a request whose final coding is not chunked
                     # a MUST-400 ("chunked, gzip", "gzip"). 501 stays for "gzip, chunked".
                     status = 400
+                elif status == 431 and b"\n" not in (self._head_window or b"\n"):
+                    # Over the limit before the request line even ended: the target is what is
+                    # too long (RFC 9112 section 3, 414).
+                    self._refuse(414, "Request target too long")
+                    return
                 self._refuse(status, f"Malformed request: {exc}")
                 return
             event_type = type(event)

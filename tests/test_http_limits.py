@@ -105,6 +105,23 @@ def test_head_larger_than_limit_in_one_piece_gets_431(serve: ServeFactory) -> No
     assert_serves(server.port)
 
 
+def test_long_request_target_gets_414(serve: ServeFactory) -> None:
+    # RFC 9112 section 3: a target longer than the server will parse MUST get 414. Both shapes:
+    # the whole head in one piece, and a request line that never ends within the limit.
+    app = CountingApp()
+    server = serve(app, max_head_size=1024)
+    for request in (
+        b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /" + b"a" * 2000,
+    ):
+        with connect(server.port) as sock:
+            sock.sendall(request)
+            response = read_until_closed(sock)
+        assert status_of(response) == b"HTTP/1.1 414 URI Too Long", response
+    assert app.calls == 0
+    assert_serves(server.port)
+
+
 def test_head_just_under_limit_is_served(serve: ServeFactory) -> None:
     app = CountingApp()
     server = serve(app, max_head_size=1024)
