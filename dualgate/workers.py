@@ -117,10 +117,6 @@ class WorkerPool:
             else:
                 self._free += 1
 
-    @property
-    def busy(self) -> int:
-        return self.size - self._free
-
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop the threads once their jobs end, waiting at most `timeout` seconds in all."""
         for _ in self._threads:
