@@ -19,8 +19,8 @@ from urllib.parse import unquote
 
 from asgiref.typing import ASGI3Application, HTTPScope
 
+from dualgate.cycle import RequestCycle
 from dualgate.logs import error_logger
-from dualgate.protocol import RequestCycle
 
 __all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
 
@@ -33,7 +33,8 @@ class ClientGone(OSError):
 
 
 def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | None) -> HTTPScope:
-    raw_path, _, query = cycle.target.partition(b"?")
+    request = cycle.request
+    raw_path, _, query = request.target.partition(b"?")
     path = unquote(raw_path.decode("ascii", "surrogateescape"))
     if root_path and not (path == root_path or path.startswith(root_path + "/")):
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
@@ -42,14 +43,14 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": ASGI_VERSION,
-        "http_version": cycle.http_version.decode("ascii"),
-        "method": cycle.method.decode("ascii"),
+        "http_version": request.http_version.decode("ascii"),
+        "method": request.method.decode("ascii"),
         "scheme": cycle.scheme,
         "path": path,
         "raw_path": raw_path,
         "query_string": query,
         "root_path": root_path,
-        "headers": cycle.headers,
+        "headers": request.headers,
         "client": cycle.client,
         "server": cycle.server,
         "extensions": {"http.response.pathsend": {}},
@@ -71,6 +72,11 @@ class _Exchange:
         # Wakes a receive() waiting for the end: set on disconnect, or when send() completes.
         self._wake_receiver: Callable[[], None] | None = None
 
+    @property
+    def started(self) -> bool:
+        """http.response.start was sent (its head may still be held for the first body)."""
+        return self._head is not None or self._cycle.head_sent
+
     def _waiter(self) -> tuple[asyncio.Future[None], Callable[[], None]]:
         future: asyncio.Future[None] = self._cycle.loop.create_future()
 
@@ -83,7 +89,7 @@ class _Exchange:
     async def receive(self) -> Message:
         cycle = self._cycle
         while not self._body_done:
-            if cycle.disconnected or cycle.response_complete:
+            if cycle.disconnected or cycle.complete:
                 break
             data, more = cycle.take_body()
             if data or not more:
@@ -93,7 +99,7 @@ class _Exchange:
                 return {"type": "http.request", "body": data, "more_body": more}
             future, cycle.on_body_ready = self._waiter()
             await future
-        while not (cycle.disconnected or cycle.response_complete or cycle.client_closed):
+        while not (cycle.disconnected or cycle.complete or cycle.client_closed):
             future, wake = self._waiter()
             cycle.on_disconnect = self._wake_receiver = wake
             await future
@@ -107,7 +113,7 @@ class _Exchange:
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
             self._head = (_status(message), _headers(message.get("headers", ())))
             return
-        if cycle.response_complete:
+        if cycle.complete:
             if cycle.disconnected:
                 raise ClientGone("the client went away")
             raise RuntimeError(f"{kind!r} sent after the response was complete")
@@ -186,8 +192,8 @@ async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle)
         error_logger.exception("Exception in ASGI application %s", scope["path"])
         cycle.respond_error(500, "Internal Server Error\n")
         return
-    if not cycle.response_complete:
-        if not cycle.head_sent and exchange._head is None:
+    if not cycle.complete:
+        if not cycle.head_sent and not exchange.started:
             error_logger.error("ASGI application returned without starting a response")
             cycle.respond_error(500, "Internal Server Error\n")
         else:

@@ -1,27 +1,52 @@
-"""The RFC 9112 and RFC 9110 requirements on requests that h11 leaves to the server.
+"""The RFC 9112 and RFC 9110 requirements on requests that h11 leaves to the server. Pure.
 
 h11 parses leniently in places: it accepts a request carrying both Content-Length and
 Transfer-Encoding, obs-fold, bare LF line ends, any HTTP/d.d version, a Host of any shape, any
 request target for any method, a head larger than its limit when it arrives whole, and loose
-chunk framing. Every request passes `check_request` before an application can see it, and a
-chunked body passes `ChunkedFraming` as it arrives; a refusal closes the connection, so nothing
-pipelined after a refused request is ever read.
+chunk framing. The request reader (reader.py) passes every head through `check_request` before
+an application can see it, and every chunked body through `ChunkedFraming` as it arrives. This
+module takes bytes and returns a `Refusal` or the request's framing; it knows nothing of
+connections, so each rule is tested on its own (tests/test_unit_checks.py).
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
-from dualgate.framing import wants_keep_alive
+from dualgate.grammar import QUOTED_STRING, TOKEN_CHARS, Headers
 
-if TYPE_CHECKING:
-    from dualgate.config import Config
-    from dualgate.protocol import RequestCycle
+__all__ = [
+    "ChunkedFraming",
+    "Framing",
+    "Refusal",
+    "check_request",
+    "final_coding_is_chunked",
+    "origin_form",
+    "oversized_head",
+    "wants_keep_alive",
+]
 
-__all__ = ["ChunkedFraming", "check_request", "final_coding_is_chunked", "origin_form"]
 
-Headers = list[tuple[bytes, bytes]]
+class Refusal(NamedTuple):
+    """An answer to a request that must not reach the application; the connection then closes.
+
+    `kind` groups refusals for logs and metrics: malformed, too_large, smuggling, unsupported,
+    timeout, busy."""
+
+    status: int
+    message: str
+    kind: str
+
+
+class Framing(NamedTuple):
+    """What a checked head says about its body and its connection."""
+
+    content_length: int  # 0 when chunked or without a body
+    chunked: bool
+    keep_alive: bool  # the client allows another request on this connection
+    upgrade: bytes  # the Upgrade header (lower-cased) when Connection names "upgrade", else b""
+
 
 # uri-host [":" port] (RFC 9112 section 3.2, RFC 3986 section 3.2.2): IP-literal, or
 # IPv4address / reg-name, which may be empty; no userinfo, path or whitespace.
@@ -31,26 +56,46 @@ _HOST = re.compile(
 )
 
 
-def check_request(cycle: RequestCycle, head: bytes, config: Config) -> tuple[int, str] | None:
-    """The RFC 9112 MUSTs that h11 leaves to us; None when the request may be served.
+def oversized_head(head: bytes | bytearray, limit: int) -> Refusal | None:
+    """The one rule for a head over `limit` bytes: 414 when the request line alone takes more
+    than half of it (RFC 9112 section 3: the target is what is too long), else 431."""
+    if len(head) <= limit:
+        return None
+    line_end = head.find(b"\n")
+    if line_end < 0 or line_end > limit // 2:
+        return Refusal(414, "Request target too long", "too_large")
+    return Refusal(431, "Request head too large", "too_large")
 
-    On the way it notes whether a body follows (`cycle.expects_body`) and whether the client
-    allows keep-alive (`cycle.keep_alive`)."""
-    if len(head) > config.max_head_size:
-        if head.find(b"\r\n") > config.max_head_size // 2:
-            return 414, "Request target too long"
-        return 431, "Request head too large"
-    if cycle.http_version[:2] != b"1.":
-        return 505, "Only HTTP/1.x is served"
+
+def wants_keep_alive(http_version: bytes, connection_values: list[bytes]) -> bool:
+    """Whether the client's request allows another request on this connection."""
+    tokens = {token.strip().lower() for value in connection_values for token in value.split(b",")}
+    if b"close" in tokens:
+        return False
+    return http_version == b"1.1" or b"keep-alive" in tokens
+
+
+def check_request(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    http_version: bytes,
+    head: bytes,
+    max_body_size: int | None,
+) -> Refusal | Framing:
+    """The RFC 9112 MUSTs that h11 leaves to us: a Refusal, or the request's framing."""
+    if http_version[:2] != b"1.":
+        return Refusal(505, "Only HTTP/1.x is served", "unsupported")
     lf = head.count(b"\n")
     if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
-        return 400, "Bare CR or LF in the request head"
+        return Refusal(400, "Bare CR or LF in the request head", "smuggling")
     if b"\n " in head or b"\n\t" in head:
-        return 400, "Obsolete line folding in the request head"
+        return Refusal(400, "Obsolete line folding in the request head", "smuggling")
     has_length = has_chunked = False
     length = 0
     connection: list[bytes] = []
-    for name, value in cycle.headers:
+    upgrade = b""
+    for name, value in headers:
         if name == b"connection":
             connection.append(value)
         elif name == b"content-length":
@@ -61,47 +106,49 @@ def check_request(cycle: RequestCycle, head: bytes, config: Config) -> tuple[int
         elif name == b"host" and not _HOST.fullmatch(value):
             # RFC 9112 section 3.2: a Host that is not uri-host [":" port] MUST get a 400
             # (h11 checks only that there is exactly one).
-            return 400, "Invalid Host header"
-    cycle.expects_body = has_chunked or length > 0
-    cycle.content_length = length if has_length and not has_chunked else 0
-    cycle.keep_alive = wants_keep_alive(cycle.http_version, connection)
+            return Refusal(400, "Invalid Host header", "malformed")
+        elif name == b"upgrade":
+            upgrade = value.strip().lower()
     if has_length and has_chunked:
-        return 400, "Both Content-Length and Transfer-Encoding"
-    if has_chunked and cycle.http_version == b"1.0":
+        return Refusal(400, "Both Content-Length and Transfer-Encoding", "smuggling")
+    if has_chunked and http_version == b"1.0":
         # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated as
         # having faulty framing; a forwarder may have left part of it in its buffer.
-        return 400, "Transfer-Encoding in an HTTP/1.0 request"
-    if config.max_body_size is not None and length > config.max_body_size:
-        return 413, "Request body too large"
-    target = cycle.target
-    method = cycle.method
+        return Refusal(400, "Transfer-Encoding in an HTTP/1.0 request", "smuggling")
+    if max_body_size is not None and length > max_body_size:
+        return Refusal(413, "Request body too large", "too_large")
     if method == b"CONNECT":
-        return 501, "CONNECT is not served"
+        return Refusal(501, "CONNECT is not served", "unsupported")
     if b"#" in target:
         # RFC 9112 section 3.2: a fragment is not part of a request target.
-        return 400, "A fragment (#) in the request target"
+        return Refusal(400, "A fragment (#) in the request target", "malformed")
     if target == b"*":
         if method != b"OPTIONS":
-            return 400, "The * target is for OPTIONS only"
+            return Refusal(400, "The * target is for OPTIONS only", "malformed")
     elif not target.startswith(b"/"):
         scheme, sep, rest = target.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
-            return 400, "Invalid request target"
+            return Refusal(400, "Invalid request target", "malformed")
         # RFC 9110 sections 4.2.1 and 4.2.4: an http(s) URI with an empty host is invalid,
         # and userinfo in it is an error; the authority becomes the Host the app sees.
         authority = re.split(rb"[/?#]", rest, maxsplit=1)[0]
         if authority[:1] in (b"", b":") or not _HOST.fullmatch(authority):
-            return 400, "Invalid request target"
-    return None
+            return Refusal(400, "Invalid request target", "malformed")
+    keep_alive = (
+        wants_keep_alive(http_version, connection) if connection else (http_version == b"1.1")
+    )
+    if upgrade and not any(b"upgrade" in value.lower() for value in connection):
+        upgrade = b""  # RFC 9110 section 7.8: Upgrade counts only when Connection lists it
+    return Framing(0 if has_chunked else length, has_chunked, keep_alive, upgrade)
 
 
-def final_coding_is_chunked(head: bytes | bytearray | None) -> bool:
+def final_coding_is_chunked(head: bytes | bytearray) -> bool:
     """Whether the Transfer-Encoding header(s) in a raw head end with chunked, applied once.
 
     Chunked twice ("chunked, chunked") is malformed (RFC 9112 section 7), so a 400 too.
     """
     codings: list[bytes] = []
-    for line in bytes(head or b"").split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+    for line in bytes(head).split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
         name, sep, value = line.partition(b":")
         if sep and name.lower() == b"transfer-encoding":
             codings += [c.strip().lower() for c in value.split(b",") if c.strip()]
@@ -127,11 +174,10 @@ def origin_form(target: bytes, headers: Headers) -> tuple[bytes, Headers]:
 # chunk = chunk-size [ chunk-ext ] CRLF (RFC 9112 section 7.1): hex digits (16 at most, so the
 # size fits 64 bits as every other parser on the path reads it), then extensions, each
 # BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ].
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
-_QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+_TOKEN = TOKEN_CHARS + rb"+"
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*" + _TOKEN
-    + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*)"
+    + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + QUOTED_STRING + rb"))?)*)"
 )  # fmt: skip
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 _MAX_CHUNK_LINE = 4096
@@ -153,7 +199,7 @@ class ChunkedFraming:
         self._line = bytearray()
         self._left = 0
 
-    def feed(self, data: bytes) -> str | None:
+    def feed(self, data: bytes | bytearray) -> Refusal | None:
         """Check the next raw bytes; a reason to refuse the request, or None."""
         position, size = 0, len(data)
         while position < size and self._state != _DONE:
@@ -168,14 +214,14 @@ class ChunkedFraming:
             if end < 0:
                 self._line += data[position:]
                 if len(self._line) > _MAX_CHUNK_LINE:
-                    return "Chunked framing line too long"
+                    return Refusal(400, "Chunked framing line too long", "smuggling")
                 return None
             self._line += data[position : end + 1]
             position = end + 1
             problem = self._end_of_line(bytes(self._line))
             self._line.clear()
             if problem is not None:
-                return problem
+                return Refusal(400, problem, "smuggling")
         return None
 
     def _end_of_line(self, line: bytes) -> str | None:

@@ -111,6 +111,9 @@ class Config:
     max_head_size: int = _setting(
         65536, "largest request line plus headers in bytes; larger gets 431", check=_positive
     )
+    max_header_fields: int = _setting(
+        100, "most header fields in a request head; more gets 431", check=_positive
+    )
     max_body_size: int | None = _setting(
         None, "largest request body in bytes; larger gets 413 (default: no limit)", check=_positive
     )
@@ -136,9 +139,6 @@ class Config:
             raise ConfigError("an application (MODULE:ATTR) or at least one --mount is needed")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError("--root-path must start with / and not end with /")
-
-    def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)

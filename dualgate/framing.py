@@ -13,11 +13,9 @@ Header names must be tokens and values free of control characters, as h11 would 
 
 from __future__ import annotations
 
-import re
+from dualgate.grammar import BAD_VALUE, TOKEN, Headers
 
-__all__ = ["CHUNKED", "CLOSE", "EMPTY", "LENGTH", "ResponseHead", "build_head", "wants_keep_alive"]
-
-Headers = list[tuple[bytes, bytes]]
+__all__ = ["CHUNKED", "CLOSE", "EMPTY", "LENGTH", "ResponseHead", "build_head"]
 
 # How a response body is framed on the wire.
 EMPTY = 0  # no body may be sent (HEAD, 1xx, 204, 304)
@@ -25,8 +23,6 @@ LENGTH = 1  # Content-Length
 CHUNKED = 2  # Transfer-Encoding: chunked
 CLOSE = 3  # ended by closing the connection (HTTP/1.0 clients only)
 
-_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _valid_names: set[bytes] = set()
 
 
@@ -42,17 +38,9 @@ class ResponseHead:
         self.keep_alive = keep_alive
 
 
-def wants_keep_alive(http_version: bytes, connection_values: list[bytes]) -> bool:
-    """Whether the client's request allows another request on this connection."""
-    tokens = {token.strip().lower() for value in connection_values for token in value.split(b",")}
-    if b"close" in tokens:
-        return False
-    return http_version == b"1.1" or b"keep-alive" in tokens
-
-
 def _check_name(name: bytes) -> None:
     if name not in _valid_names:
-        if not _TOKEN.fullmatch(name):
+        if not TOKEN.fullmatch(name):
             raise ValueError(f"invalid response header name {name!r}")
         if len(_valid_names) < 1024:
             _valid_names.add(name)
@@ -75,7 +63,7 @@ def build_head(
     already serialised."""
     if not 200 <= status <= 999:
         raise ValueError(f"invalid final status code {status}")
-    if _BAD_VALUE.search(reason):
+    if BAD_VALUE.search(reason):
         raise ValueError(f"invalid reason phrase {reason!r}")
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
     content_length: int | None = None
@@ -83,7 +71,7 @@ def build_head(
     has_date = has_server = False
     for name, value in headers:
         _check_name(name)
-        if _BAD_VALUE.search(value):
+        if BAD_VALUE.search(value):
             raise ValueError(f"invalid value for response header {name!r}: {value!r}")
         lower = name.lower()
         if lower == b"content-length":

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import TYPE_CHECKING
 
-__all__ = ["access_logger", "configure_logging", "error_logger", "format_access"]
+if TYPE_CHECKING:
+    from dualgate.cycle import RequestCycle
+
+__all__ = ["access_logger", "configure_logging", "error_logger", "format_access", "log_access"]
 
 error_logger = logging.getLogger("dualgate.error")
 access_logger = logging.getLogger("dualgate.access")
@@ -34,3 +39,19 @@ def format_access(
     client: str, method: str, target: str, version: str, status: int, sent: int, seconds: float
 ) -> str:
     return f'{client} "{method} {target} HTTP/{version}" {status} {sent} {seconds * 1000:.1f}ms'
+
+
+def log_access(client: tuple[str, int] | None, cycle: RequestCycle) -> None:
+    """One access line for a finished (or broken-off) response."""
+    request = cycle.request
+    access_logger.info(
+        format_access(
+            f"{client[0]}:{client[1]}" if client else "-",
+            request.method.decode("ascii", "replace"),
+            request.target.decode("ascii", "replace"),
+            request.http_version.decode("ascii"),
+            cycle.status,
+            cycle.sent_bytes,
+            time.monotonic() - cycle.started_at,
+        )
+    )

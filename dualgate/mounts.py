@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from dualgate.protocol import RequestCycle, RequestHandler
+from dualgate.cycle import RequestCycle
+from dualgate.state import RequestHandler
 from dualgate.wsgi import path_info_from_raw
 
 __all__ = ["MountRouter"]
@@ -17,7 +18,8 @@ class MountRouter:
         self.routes = sorted(routes, key=lambda route: len(route[0]), reverse=True)
 
     def __call__(self, cycle: RequestCycle) -> None:
-        path = path_info_from_raw(cycle.target.partition(b"?")[0])
+        target = cycle.request.target
+        path = path_info_from_raw(target.partition(b"?")[0])
         # With --root-path, each handler's root path is ROOT + PREFIX: prefixes match the path
         # below the root path, and a root path that a proxy stripped goes back on the target, so
         # every handler finds its whole mount point in it.
@@ -25,8 +27,10 @@ class MountRouter:
         if root:
             if path == root or path.startswith(root + "/"):
                 path = path[len(root) :] or "/"
-            elif cycle.target.startswith(b"/"):
-                cycle.target = quote(root, safe="/").encode("ascii") + cycle.target
+            elif target.startswith(b"/"):
+                cycle.request = cycle.request.with_target(
+                    quote(root, safe="/").encode("ascii") + target
+                )
         for prefix, handler in self.routes:
             if prefix == "" or path == prefix or path.startswith(prefix + "/"):
                 handler(cycle)

@@ -21,7 +21,8 @@ from dualgate.asgi import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app
 from dualgate.logs import configure_logging, error_logger
 from dualgate.mounts import MountRouter
-from dualgate.protocol import HTTPProtocol, RequestHandler, ServerState
+from dualgate.protocol import HTTPProtocol
+from dualgate.state import RequestHandler, ServerState
 from dualgate.workers import WorkerPool, WSGIHandler
 
 __all__ = ["Server", "run"]

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Any
 from wsgiref.types import WSGIApplication
 
+from dualgate.cycle import RequestCycle, loop_can_sendfile
 from dualgate.logs import error_logger
-from dualgate.protocol import RequestCycle, loop_can_sendfile
 from dualgate.wsgi import (
     BodySource,
     BytesSource,
@@ -357,7 +357,9 @@ class WSGIHandler:
         if cycle.disconnected:
             return
         if not (
-            cycle.body_complete or cycle.expects_continue or cycle.body_buffered >= self.high_water
+            cycle.body_complete
+            or cycle.request.expects_continue
+            or cycle.body_buffered >= self.high_water
         ):
             # Wait on the loop for a first buffer-full (or the whole body), so a dribbling
             # upload holds no worker thread while it dribbles.
@@ -385,18 +387,19 @@ class WSGIHandler:
             sink.complete()
 
     def environ(self, cycle: RequestCycle, source: BodySource) -> dict[str, Any]:
-        raw_path, _, query = cycle.target.partition(b"?")
+        request = cycle.request
+        raw_path, _, query = request.target.partition(b"?")
         path_info = path_info_from_raw(raw_path)
         script_name = self.root_path
         if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
             path_info = path_info[len(script_name) :]
         return build_environ(
-            method=cycle.method.decode("ascii"),
+            method=request.method.decode("ascii"),
             script_name=script_name,
             path_info=path_info,
             query_string=query.decode("latin-1"),
-            headers=cycle.headers,
-            http_version=cycle.http_version.decode("ascii"),
+            headers=request.headers,
+            http_version=request.http_version.decode("ascii"),
             scheme=cycle.scheme,
             client=cycle.client,
             server=cycle.server,

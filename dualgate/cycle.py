@@ -1,0 +1,321 @@
+"""`RequestCycle`: one request and its response, all that an interface (WSGI, ASGI) sees.
+
+Rules of this file:
+- Everything here runs on the event loop thread; worker threads reach a cycle only by posting
+  to the loop (workers.py).
+- The request facts (`request`: method, target, headers, version, framing) are read-only once
+  the reader has checked them. The request body arrives through `feed_body`/`feed_end`/`lose`,
+  called by the connection (protocol.py) alone; an interface takes it with `take_body`.
+- The cycle owns all response state: the head, its framing, the bytes still owed to a
+  Content-Length, completion. It writes through its connection's narrow `Port` and tells the
+  connection once, through `response_done` or `response_failed`, that the response is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dualgate.flow import FlowControl
+from dualgate.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
+from dualgate.grammar import REASONS, Headers
+from dualgate.logs import error_logger
+from dualgate.reader import Request
+
+if TYPE_CHECKING:
+    from dualgate.config import Config
+    from dualgate.state import ServerState
+
+__all__ = ["Port", "RequestCycle", "loop_can_sendfile"]
+
+
+class Port(Protocol):
+    """What a cycle needs of its connection (protocol.py implements it)."""
+
+    state: ServerState
+    flow: FlowControl
+    loop: asyncio.AbstractEventLoop
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    scheme: str
+
+    def write(self, data: bytes) -> None: ...
+    def body_taken(self) -> None: ...
+    def response_done(self, cycle: RequestCycle) -> None: ...
+    def response_failed(self, cycle: RequestCycle) -> None: ...
+    def upgrade(self, cycle: RequestCycle, protocol: asyncio.BaseProtocol) -> None: ...
+    async def sendfile(self, file: Any, offset: int, count: int) -> None: ...
+
+
+class RequestCycle:
+    __slots__ = (
+        "_body",
+        "_body_buffered",
+        "_continue_sent",
+        "_framing",
+        "_port",
+        "_remaining",
+        "body_complete",
+        "body_received",
+        "client",
+        "client_closed",
+        "complete",
+        "disconnected",
+        "head_sent",
+        "keep_alive",
+        "on_body_ready",
+        "on_disconnect",
+        "request",
+        "scheme",
+        "sent_bytes",
+        "server",
+        "started_at",
+        "status",
+    )
+
+    def __init__(self, port: Port, request: Request) -> None:
+        self._port = port
+        self.request = request
+        self.client = port.client
+        self.server = port.server
+        self.scheme = port.scheme
+        self.started_at = time.monotonic()
+        self._body: deque[bytes] = deque()
+        self._body_buffered = 0
+        self._continue_sent = False
+        self.body_received = 0
+        self.body_complete = not request.has_body
+        # One-shot callbacks: a consumer sets them and they are cleared before they run.
+        self.on_body_ready: Callable[[], None] | None = None
+        self.on_disconnect: Callable[[], None] | None = None
+        self.disconnected = False
+        # The client has sent all it will (EOF after the request); it may still be reading.
+        self.client_closed = False
+        # Response state, written only by the methods below.
+        self.head_sent = False
+        self.complete = False
+        self.status = 0
+        self.sent_bytes = 0
+        self.keep_alive = request.keep_alive
+        self._framing = EMPTY
+        self._remaining = 0
+
+    @property
+    def config(self) -> Config:
+        return self._port.state.config
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._port.loop
+
+    # -- request body, the connection's side --------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_buffered += len(data)
+        self.body_received += len(data)
+        self._notify_body()
+
+    def feed_end(self) -> None:
+        self.body_complete = True
+        self._notify_body()
+
+    def half_closed(self) -> None:
+        """The client sent EOF after its request; it may still read the response."""
+        self.client_closed = True
+        self._notify_disconnect()
+
+    def lose(self) -> None:
+        """The connection is gone: nothing more arrives and nothing more can be sent."""
+        if not self.disconnected:
+            self.disconnected = True
+            self._notify_body()
+            self._notify_disconnect()
+
+    def _notify_body(self) -> None:
+        callback = self.on_body_ready
+        if callback is not None:
+            self.on_body_ready = None
+            callback()
+
+    def _notify_disconnect(self) -> None:
+        callback = self.on_disconnect
+        if callback is not None:
+            self.on_disconnect = None
+            callback()
+
+    # -- request body, the interface's side ---------------------------------------------
+
+    @property
+    def body_buffered(self) -> int:
+        return self._body_buffered
+
+    def take_body(self) -> tuple[bytes, bool]:
+        """Everything buffered so far, and whether more is to come.
+
+        The first call with nothing buffered answers a waiting `Expect: 100-continue`: the client
+        is told to send only once the application asks for the body.
+        """
+        body = self._body
+        if body:
+            data = body.popleft() if len(body) == 1 else b"".join(body)
+            body.clear()
+            self._body_buffered = 0
+            self._port.body_taken()
+        else:
+            data = b""
+            if not self.body_complete and not self._continue_sent:
+                self._continue_sent = True
+                if self.request.expects_continue and not self.head_sent:
+                    self._port.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._port.body_taken()
+        return data, not self.body_complete and not self.disconnected
+
+    # -- response -----------------------------------------------------------------------
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._port.flow.writing_paused
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the transport can take more bytes (at once if it can now)."""
+        self._port.flow.when_writable(callback)
+
+    def _head(
+        self, status: int, headers: Headers, reason: bytes, whole: int | None
+    ) -> bytes | None:
+        state = self._port.state
+        request = self.request
+        try:
+            head = build_head(
+                status,
+                reason or REASONS.get(status, b""),
+                headers,
+                head_request=request.method == b"HEAD",
+                http11=request.http_version == b"1.1",
+                keep_alive=self.keep_alive and not state.shutting_down,
+                whole_body=whole,
+                extra=state.default_headers,
+                extra_head=state.default_head,
+            )
+        except ValueError as exc:
+            # Not valid HTTP (a bad Content-Length, a control character): the client gets a
+            # 500 and a close instead, and the log says why.
+            error_logger.error("Response refused: %s", exc)
+            self.keep_alive = False
+            self.respond_error(500, "Internal Server Error\n")
+            return None
+        self.status = status
+        self.head_sent = True
+        self.keep_alive = head.keep_alive
+        self._framing = head.framing
+        self._remaining = head.length
+        return head.data
+
+    def send_head(self, status: int, headers: Headers, reason: bytes = b"") -> None:
+        if self.complete:
+            return
+        head = self._head(status, headers, reason, None)
+        if head is not None:
+            self._port.write(head)
+
+    def respond(self, status: int, headers: Headers, body: bytes, reason: bytes = b"") -> None:
+        """A whole response at once: head and body in one write, then finish."""
+        if self.complete:
+            return
+        head = self._head(status, headers, reason, len(body))
+        if head is None:
+            return
+        if body and self._framing != EMPTY:
+            self.sent_bytes += len(body)
+            self._remaining = 0
+            self._port.write(head + body)
+        else:
+            self._port.write(head)
+        self.finish()
+
+    def send_body(self, data: bytes) -> None:
+        if not data or self.complete or self.disconnected:
+            return
+        framing = self._framing
+        if framing == LENGTH:
+            if len(data) > self._remaining:
+                excess = len(data) - self._remaining
+                raise ValueError(f"response body exceeds its Content-Length by {excess} bytes")
+            self._remaining -= len(data)
+            self._port.write(data)
+        elif framing == CHUNKED:
+            self._port.write(b"%x\r\n%s\r\n" % (len(data), data))
+        elif framing == CLOSE:
+            self._port.write(data)
+        else:
+            return  # EMPTY: a HEAD, 204 or 304 response; the body never reaches the wire
+        self.sent_bytes += len(data)
+
+    async def sendfile(self, file: Any, offset: int, count: int) -> None:
+        if self.complete or self.disconnected:
+            return
+        framing = self._framing
+        if framing == EMPTY:
+            return
+        if framing == LENGTH:
+            count = min(count, self._remaining)
+            self._remaining -= count
+        if framing == CHUNKED:
+            self._port.write(b"%x\r\n" % count)
+        await self._port.sendfile(file, offset, count)
+        if framing == CHUNKED:
+            self._port.write(b"\r\n")
+        self.sent_bytes += count
+
+    def finish(self) -> None:
+        """The response is complete; the connection moves on to its next request or closes."""
+        if self.complete:
+            return
+        self.complete = True
+        if self._framing == CHUNKED:
+            self._port.write(b"0\r\n\r\n")
+        elif self._framing == LENGTH and self._remaining:
+            # Fewer bytes than the declared Content-Length: the client must see a broken body.
+            error_logger.error(
+                "Response ended %d bytes short of its Content-Length; closing", self._remaining
+            )
+            self._port.response_failed(self)
+            return
+        if self._framing == CLOSE:
+            self.keep_alive = False
+        self._port.response_done(self)
+
+    def abort(self) -> None:
+        """The response cannot be completed: close the connection so the client sees that."""
+        if not self.complete:
+            self.complete = True
+            self._port.response_failed(self)
+
+    def respond_error(self, status: int, message: str, extra: Headers | None = None) -> None:
+        """A short plain-text error response, if the head has not gone out yet; else abort."""
+        if self.head_sent:
+            self.abort()
+            return
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), *(extra or ())]
+        self.respond(status, headers, message.encode("utf-8", "replace"))
+
+    # -- protocol upgrade ---------------------------------------------------------------
+
+    def upgrade(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the connection to `protocol` (after the request head: a WebSocket, h2c).
+
+        The connection writes nothing: `protocol` answers the upgrade request itself. It gets
+        `connection_made(transport)`, then `data_received` with any bytes already read past
+        the request head, and it owns the transport from then on.
+        """
+        self.complete = True
+        self._port.upgrade(self, protocol)
+
+
+def loop_can_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
+    """uvloop's loop has `sendfile` only as AbstractEventLoop's stub, which raises."""
+    return type(loop).sendfile is not asyncio.AbstractEventLoop.sendfile

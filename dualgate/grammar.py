@@ -1,0 +1,26 @@
+"""The HTTP grammar every other module shares: one token pattern, one field-value check.
+
+RFC 9110 section 5.6.2 (token) and section 5.5 (field values: no control characters but HTAB),
+plus the standard reason phrases. Request checks (checks.py), chunk lines (checks.py), response
+heads (framing.py) and the WSGI bridge (wsgi.py) all take their patterns from here, so a
+fix to the grammar is made once.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+
+__all__ = ["BAD_VALUE", "QUOTED_STRING", "REASONS", "TOKEN", "TOKEN_CHARS", "Headers"]
+
+Headers = list[tuple[bytes, bytes]]
+
+TOKEN_CHARS = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
+TOKEN = re.compile(TOKEN_CHARS + rb"+")
+QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+# Any control character but HTAB: CR and LF above all, which would split a header in two.
+BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# RFC 9110 renamed these; Python 3.11's http module still has the RFC 7231 phrases.
+REASONS.update({413: b"Content Too Large", 414: b"URI Too Long", 422: b"Unprocessable Content"})

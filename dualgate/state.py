@@ -1,0 +1,55 @@
+"""What every connection of one server shares: settings, the handler, the live connections."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Protocol
+
+from dualgate.grammar import Headers
+from dualgate.logs import access_logger
+
+if TYPE_CHECKING:
+    from dualgate.config import Config
+    from dualgate.cycle import RequestCycle
+
+__all__ = ["Connection", "RequestHandler", "ServerState"]
+
+RequestHandler = Callable[["RequestCycle"], None]
+
+
+class Connection(Protocol):
+    """A live connection as the server sees it: HTTP/1.1, or what an upgrade handed it to."""
+
+    def shutdown(self) -> None:
+        """Graceful stop: close once idle, letting work in flight finish."""
+
+    def force_close(self) -> None:
+        """Close now."""
+
+    def check_deadline(self, now: float) -> None:
+        """Called by the server's sweep (a few times a second) with the loop's time."""
+
+
+class ServerState:
+    def __init__(self, config: Config, handler: RequestHandler) -> None:
+        self.config = config
+        self.handler = handler
+        self.connections: set[Connection] = set()
+        self.shutting_down = False
+        self.access_log = access_logger.isEnabledFor(logging.INFO)
+        self.default_headers: Headers = []
+        self.default_head = b""
+        self.update_date()
+
+    def update_date(self) -> None:
+        """Called once a second by the server, so no request formats a date."""
+        headers: Headers = []
+        if self.config.date_header:
+            headers.append((b"date", formatdate(time.time(), usegmt=True).encode("ascii")))
+        if self.config.server_header:
+            headers.append((b"server", b"dualgate"))
+        self.default_headers = headers
+        self.default_head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
