@@ -41,13 +41,13 @@ class Port(Protocol):
     client: tuple[str, int] | None
     server: tuple[str, int | None] | None
     scheme: str
+    transport: asyncio.Transport
 
     def write(self, data: bytes) -> None: ...
     def body_taken(self) -> None: ...
     def response_done(self, cycle: RequestCycle) -> None: ...
     def response_failed(self, cycle: RequestCycle) -> None: ...
     def upgrade(self, cycle: RequestCycle, protocol: asyncio.BaseProtocol) -> None: ...
-    async def sendfile(self, file: Any, offset: int, count: int) -> None: ...
 
 
 class RequestCycle:
@@ -266,10 +266,25 @@ class RequestCycle:
             self._remaining -= count
         if framing == CHUNKED:
             self._port.write(b"%x\r\n" % count)
-        await self._port.sendfile(file, offset, count)
+        await self._send_file(file, offset, count)
         if framing == CHUNKED:
             self._port.write(b"\r\n")
         self.sent_bytes += count
+
+    async def _send_file(self, file: Any, offset: int, count: int) -> None:
+        port = self._port
+        if loop_can_sendfile(port.loop):
+            await port.loop.sendfile(port.transport, file, offset, count)
+            return
+        # Loops without sendfile (uvloop): read and write in blocks, waiting for drain.
+        file.seek(offset)
+        while count > 0 and not self.disconnected:
+            block = file.read(min(count, 262144))
+            if not block:
+                break
+            count -= len(block)
+            port.write(block)
+            await port.flow.drained()
 
     def finish(self) -> None:
         """The response is complete; the connection moves on to its next request or closes."""

@@ -13,9 +13,9 @@ Header names must be tokens and values free of control characters, as h11 would 
 
 from __future__ import annotations
 
-from dualgate.grammar import BAD_VALUE, TOKEN, Headers
+from dualgate.grammar import BAD_VALUE, REASONS, TOKEN, Headers
 
-__all__ = ["CHUNKED", "CLOSE", "EMPTY", "LENGTH", "ResponseHead", "build_head"]
+__all__ = ["CHUNKED", "CLOSE", "EMPTY", "LENGTH", "ResponseHead", "build_head", "refusal_response"]
 
 # How a response body is framed on the wire.
 EMPTY = 0  # no body may be sent (HEAD, 1xx, 204, 304)
@@ -129,3 +129,31 @@ def build_head(
             lines.append(name + b": " + value + b"\r\n")
     lines.append(b"\r\n")
     return ResponseHead(b"".join(lines), framing, content_length or 0, keep_alive)
+
+
+def refusal_response(
+    status: int,
+    message: str,
+    *,
+    head_request: bool,
+    retry_after: bool,
+    extra: Headers,
+    extra_head: bytes,
+) -> bytes:
+    """A whole plain-text answer from the server itself, announcing that it closes."""
+    body = message.encode("utf-8", "replace") + b"\n"
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    head = build_head(
+        status,
+        REASONS.get(status, b""),
+        headers,
+        head_request=head_request,
+        http11=True,
+        keep_alive=False,
+        whole_body=len(body),
+        extra=extra,
+        extra_head=extra_head,
+    )
+    return head.data if head.framing == EMPTY else head.data + body

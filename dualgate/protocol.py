@@ -1,29 +1,8 @@
 """`HTTPProtocol`: one client connection, the glue between the reader, the cycle and the wire.
 
-Theory of operation. A connection is always in exactly one phase; it moves only as `_MOVES`
-allows, and each phase names the deadline that runs in it:
-
-    IDLE ──bytes──> HEAD ──head with a body──> BODY ──body ends──> RESPONDING
-      ^               │                          │                     │
-      │               └──head without a body─────┼────────────────────>┤
-      │                                          │ response done first │
-      │                                          v                     │
-      ├────────────body ends─────────────── DRAINING                   │
-      └───────────────────response done, keep-alive────────────────────┤
-                                                                       ├──101──> UPGRADED
-    any phase ──refusal, timeout, error, close──> CLOSED               │
-
-- IDLE: waiting for a request (keep-alive deadline).
-- HEAD: a request head is arriving (head deadline; when it passes, 408).
-- BODY: the request has been handed to its handler and its body is still arriving (body
-  deadline, suspended while reading is paused because the application is not taking bytes).
-  The response may already be under way (an ASGI echo).
-- RESPONDING: the request is complete and its response is not; no read deadline (the
-  application may take its time), a write timeout while the client takes no bytes.
-- DRAINING: the response finished before the body did: the rest is read and dropped, up to
-  `_MAX_DRAIN` bytes, so the connection can be kept.
-- UPGRADED: the transport belongs to another protocol (a WebSocket); nothing here runs again.
-- CLOSED: the transport is closed or closing.
+The reader (reader.py) turns bytes into request events; the cycle (cycle.py) is what the
+application's interface sees and owns the response; flow.py pauses, resumes and keeps the
+deadline; phases.py says which phase the connection is in and where it may go next.
 
 Rules: everything runs on the event loop thread. A refused request never reaches the
 application, and nothing after it is read: a refusal always closes. Bytes that follow a
@@ -34,45 +13,24 @@ reading pauses while they wait.
 from __future__ import annotations
 
 import asyncio
-import enum
-from typing import Any, cast
+from typing import cast
 
 from dualgate.checks import Refusal
-from dualgate.cycle import RequestCycle, loop_can_sendfile
+from dualgate.cycle import RequestCycle
 from dualgate.flow import Deadline, FlowControl
-from dualgate.framing import EMPTY, build_head
-from dualgate.grammar import REASONS
+from dualgate.framing import refusal_response
 from dualgate.logs import access_logger, error_logger, log_access
+from dualgate.phases import MOVES, Phase
 from dualgate.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 from dualgate.state import ServerState
 
-__all__ = ["HTTPProtocol", "Phase"]
+__all__ = ["HTTPProtocol"]
+
+_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
 
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
-
-
-class Phase(enum.Enum):
-    IDLE = "idle"
-    HEAD = "head"
-    BODY = "body"
-    RESPONDING = "responding"
-    DRAINING = "draining"
-    UPGRADED = "upgraded"
-    CLOSED = "closed"
-
-
-_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
-_MOVES = {
-    _IDLE: {_HEAD, _CLOSED},
-    _HEAD: {_BODY, _RESPONDING, _CLOSED},
-    _BODY: {_RESPONDING, _DRAINING, _CLOSED},
-    _RESPONDING: {_IDLE, _HEAD, _UPGRADED, _CLOSED},
-    _DRAINING: {_IDLE, _HEAD, _CLOSED},
-    _UPGRADED: {_CLOSED},
-    _CLOSED: {_CLOSED},
-}
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -95,7 +53,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._in_events = False
 
     def _move(self, phase: Phase) -> None:
-        assert phase in _MOVES[self.phase], f"{self.phase} -> {phase}"
+        assert phase in MOVES[self.phase], f"{self.phase} -> {phase}"
         self.phase = phase
 
     # -- asyncio callbacks --------------------------------------------------------------
@@ -284,22 +242,6 @@ class HTTPProtocol(asyncio.Protocol):
             cast(asyncio.Protocol, protocol).eof_received()
         self.flow.resume_reading()
 
-    async def sendfile(self, file: Any, offset: int, count: int) -> None:
-        if self.phase is _CLOSED:
-            return
-        if loop_can_sendfile(self.loop):
-            await self.loop.sendfile(self.transport, file, offset, count)
-            return
-        # Loops without sendfile (uvloop): read and write in blocks, waiting for drain.
-        file.seek(offset)
-        while count > 0 and self.phase is not _CLOSED:
-            block = file.read(min(count, 262144))
-            if not block:
-                break
-            count -= len(block)
-            self.transport.write(block)
-            await self.flow.drained()
-
     def _next_request(self) -> None:
         self.cycle = None
         self._drained = 0
@@ -325,22 +267,17 @@ class HTTPProtocol(asyncio.Protocol):
             self.close()
             return
         status, message, _ = refusal
-        body = message.encode("utf-8", "replace") + b"\n"
-        headers = [(b"content-type", b"text/plain; charset=utf-8")]
-        if retry_after:
-            headers.append((b"retry-after", b"1"))
-        head = build_head(
-            status,
-            REASONS.get(status, b""),
-            headers,
-            head_request=cycle is not None and cycle.request.method == b"HEAD",
-            http11=True,
-            keep_alive=False,
-            whole_body=len(body),
-            extra=self.state.default_headers,
-            extra_head=self.state.default_head,
+        state = self.state
+        self.write(
+            refusal_response(
+                status,
+                message,
+                head_request=cycle is not None and cycle.request.method == b"HEAD",
+                retry_after=retry_after,
+                extra=state.default_headers,
+                extra_head=state.default_head,
+            )
         )
-        self.write(head.data if head.framing == EMPTY else head.data + body)
         if cycle is not None:
             cycle.status = status
             cycle.complete = True

@@ -142,6 +142,10 @@ class _ThreadBody:
         self._ended = False
         self._gone = False
         self._wants_pump = True
+        if cycle.body_buffered:
+            # What arrived before a thread was taken goes over at once.
+            self._wants_pump = False
+            self.pump()
 
     def pump(self) -> None:
         """On the loop: move what the cycle has buffered over to this thread-side buffer."""
@@ -369,11 +373,7 @@ class WSGIHandler:
         if cycle.body_complete:
             source = BytesSource(cycle.take_body()[0])
         else:
-            thread_body = _ThreadBody(cycle, self.loop, self.high_water)
-            if cycle.body_buffered:
-                thread_body._wants_pump = False
-                thread_body.pump()
-            source = thread_body
+            source = _ThreadBody(cycle, self.loop, self.high_water)
         sink = ThreadSink(cycle, self.loop, self.pool, self.high_water)
         context = contextvars.copy_context()
         job = functools.partial(context.run, self._run, cycle, source, sink)
