@@ -35,7 +35,6 @@ class Server:
         self.config = config
         self.started = threading.Event()
         self.addresses: list[Any] = []
-        self.exit_code = 0
         self.startup_error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -60,7 +59,7 @@ class Server:
         """Serve until a signal or `shutdown()`; returns the process exit code."""
         with asyncio.Runner(loop_factory=_loop_factory(self.config.loop)) as runner:
             runner.run(self.serve())
-        return self.exit_code
+        return 0
 
     async def serve(self) -> None:
         configure_logging(self.config.log_level, self.config.access_log)
