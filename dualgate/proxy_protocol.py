@@ -18,7 +18,8 @@ Rules of this file (from haproxy's doc/proxy-protocol.txt):
   LF is an error. "PROXY UNKNOWN ...\\r\\n" means: keep the real connection's addresses.
 - v2 is 16 bytes (signature, version 2 + command, family + transport, length) and `length`
   more. Command LOCAL (a health check of the proxy's own) keeps the real addresses, whatever
-  follows. Unknown version, command, family or transport is an error. Family UNSPEC,
+  follows, family byte included. Unknown version or command is an error, and so is an unknown
+  family or transport under PROXY. Family UNSPEC,
   transport UNSPEC, and datagram transports fall back to the real addresses, as the spec
   allows a receiver that does not implement them. An address block shorter than its family
   needs is an error; bytes past it (TLVs) are skipped unread.
@@ -137,9 +138,10 @@ class ProxyHeaderReader:
             raise ProxyProtocolError(f"PROXY v2: version {version} (only 2 is defined)")
         if command > 1:
             raise ProxyProtocolError(f"PROXY v2: unknown command {command}")
-        if family > 3:
+        # LOCAL ignores the family byte (the spec says so), so only PROXY has it checked.
+        if command == 1 and family > 3:
             raise ProxyProtocolError(f"PROXY v2: unknown address family {family}")
-        if transport > 2:
+        if command == 1 and transport > 2:
             raise ProxyProtocolError(f"PROXY v2: unknown transport protocol {transport}")
         total = _V2_FIXED + int.from_bytes(buffer[14:16], "big")
         if total > self._max_v2:
