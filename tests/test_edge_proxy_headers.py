@@ -524,7 +524,7 @@ def test_trust_decision_is_cached_per_address(monkeypatch: pytest.MonkeyPatch) -
         calls.append(str(text))
         return real(text)
 
-    monkeypatch.setattr(proxy_headers.ipaddress, "ip_address", counting)
+    monkeypatch.setattr(ipaddress, "ip_address", counting)
     trust = ProxyTrust("10.0.0.0/8")
     for _ in range(100):
         assert not trust.peer_is_trusted("203.0.113.9")
