@@ -101,15 +101,7 @@ def build_context(config: Config) -> ssl.SSLContext:
             raise ConfigError(
                 f"--ssl-ciphers: OpenSSL selects no cipher from {config.ssl_ciphers!r}"
             ) from None
-    what = f"--ssl-certfile {config.ssl_certfile}"
-    if config.ssl_keyfile is not None:
-        what += f" with --ssl-keyfile {config.ssl_keyfile}"
-    try:
-        context.load_cert_chain(
-            config.ssl_certfile, config.ssl_keyfile, config.ssl_keyfile_password
-        )
-    except OSError as exc:
-        raise ConfigError(f"{what}: cannot load the certificate and key: {_reason(exc)}") from None
+    _load_chain(context, config.ssl_certfile, config.ssl_keyfile, config.ssl_keyfile_password)
     mode = verify_mode(config.ssl_cert_reqs)
     if config.ssl_ca_certs is not None:
         try:
@@ -122,13 +114,42 @@ def build_context(config: Config) -> ssl.SSLContext:
     return context
 
 
+def _load_chain(
+    context: ssl.SSLContext, certfile: str, keyfile: str | None, password: str | None
+) -> None:
+    # The certificate file is read on its own first, so an error names the right file.
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=certfile)
+    except OSError as exc:
+        raise ConfigError(
+            f"--ssl-certfile {certfile}: no certificate read: {_reason(exc)}"
+        ) from None
+    key_flag = f"--ssl-keyfile {keyfile}" if keyfile else f"--ssl-certfile {certfile}"
+    try:
+        # Never None: OpenSSL would ask for a missing password on the terminal.
+        context.load_cert_chain(certfile, keyfile, password if password is not None else str)
+    except OSError as exc:
+        if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+            reason = "the private key does not belong to the certificate"
+        elif _is_encrypted(keyfile or certfile):
+            reason = "cannot decrypt the private key: wrong or missing --ssl-keyfile-password"
+        else:
+            reason = f"no private key read: {_reason(exc)}"
+        raise ConfigError(f"{key_flag}: {reason}") from None
+
+
+def _is_encrypted(keyfile: str) -> bool:
+    try:
+        with open(keyfile, "rb") as file:
+            return b"ENCRYPTED" in file.read(1 << 20)
+    except OSError:
+        return False
+
+
 def _reason(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLError):
-        # "[SSL: KEY_VALUES_MISMATCH] key values mismatch (_ssl.c:3900)" -> the readable part.
-        reason = exc.reason or ""
+        # "[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)"
         text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
-        if "password" in text.lower() or reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ"):
-            return "wrong or missing --ssl-keyfile-password"
         return text.split(" (_ssl.c", 1)[0]
     return exc.strerror or str(exc)
 
