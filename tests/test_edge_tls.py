@@ -93,7 +93,7 @@ def fetch(port: int, context: ssl.SSLContext) -> tuple[dict[str, Any], dict[str,
 
 
 def common_name(peer: dict[str, Any]) -> str:
-    return next(value for ((key, value),) in peer["subject"] if key == "commonName")
+    return str(next(value for ((key, value),) in peer["subject"] if key == "commonName"))
 
 
 # -- the context --------------------------------------------------------------------------
