@@ -31,6 +31,7 @@ __all__ = [
     "ALPN_PROTOCOLS",
     "TLSContextHolder",
     "build_context",
+    "check_ciphers",
     "tls_scope_extension",
     "verify_mode",
 ]
