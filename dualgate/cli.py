@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar = item.metadata.get("metavar", item.name.upper())
         kwargs = _flag_kwargs(hints[item.name], metavar)
         default = item.default
+        if default is dataclasses.MISSING:  # computed per Config: --help says from what
+            default = item.metadata.get("shown_default")
         shown = (
             ""
             if default in (None, (), "") or isinstance(default, bool)

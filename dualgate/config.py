@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dualgate.proxy_headers import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_list
+
 __all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app"]
 
 Interface = Literal["auto", "asgi", "wsgi"]
@@ -34,6 +36,16 @@ class AppLoadError(ValueError):
 
 def _setting(default: Any, help: str, *, flag: bool = True, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, "flag": flag, **extra})
+
+
+def _setting_from(
+    factory: Callable[[], Any], help: str, *, shown: str, flag: bool = True, **extra: Any
+) -> Any:
+    """A setting whose default is computed when a Config is made (`shown` goes in --help)."""
+    return field(
+        default_factory=factory,
+        metadata={"help": help, "flag": flag, "shown_default": shown, **extra},
+    )
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -58,6 +70,36 @@ def _mount(name: str, value: tuple[str, ...]) -> None:
             raise ConfigError(
                 f"{name} takes PREFIX=MODULE:ATTR with PREFIX starting with /, got {entry!r}"
             )
+
+
+def _trust_list(name: str, value: str) -> None:
+    try:
+        parse_trust_list(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _cert_reqs(name: str, value: str | int) -> None:
+    from dualgate.tls import verify_mode  # tls imports this module
+
+    try:
+        verify_mode(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
+
+
+def _ciphers(name: str, value: str | None) -> None:
+    from dualgate.tls import check_ciphers
+
+    if value is not None:
+        try:
+            check_ciphers(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
+def _forwarded_allow_ips() -> str:
+    return os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +172,48 @@ class Config:
     server_header: bool = _setting(True, "send a Server header")
     date_header: bool = _setting(True, "send a Date header")
 
+    # -- at the edge: proxy headers, PROXY protocol, TLS (proxy_headers.py, proxy_protocol.py,
+    #    tls.py); README "Behind a proxy" and "TLS" tell the rules.
+    proxy_headers: bool = _setting(
+        True,
+        "take the client address, scheme and host from X-Forwarded-* and Forwarded headers "
+        "sent by a peer in --forwarded-allow-ips",
+    )
+    forwarded_allow_ips: str = _setting_from(
+        _forwarded_allow_ips,
+        "peers trusted with proxy headers and the PROXY protocol: comma-separated addresses, "
+        "CIDR networks (IPv4, IPv6), unix: for unix-socket peers, or * for all",
+        shown=f"$FORWARDED_ALLOW_IPS, else {DEFAULT_FORWARDED_ALLOW_IPS}",
+        check=_trust_list,
+    )
+    forwarded_trust_hops: int | None = _setting(
+        None,
+        "take the client from exactly this many entries from the right of X-Forwarded-For "
+        "(or Forwarded), for a fixed chain of proxies, instead of the rightmost untrusted one",
+        check=_positive,
+    )
+    proxy_protocol: bool = _setting(
+        False,
+        "every connection starts with a HAProxy PROXY protocol header (v1 or v2) from a "
+        "trusted peer; others are closed",
+    )
+    ssl_certfile: str | None = _setting(None, "serve HTTPS with this PEM certificate (chain)")
+    ssl_keyfile: str | None = _setting(
+        None, "PEM private key of --ssl-certfile, when it is not in that file"
+    )
+    ssl_keyfile_password: str | None = _setting(None, "password of an encrypted private key")
+    ssl_ca_certs: str | None = _setting(
+        None, "PEM file of the CA certificates client certificates are checked against"
+    )
+    ssl_cert_reqs: str | int = _setting(
+        "none",
+        "client certificates: none, optional or required (uvicorn's 0, 1, 2 too)",
+        check=_cert_reqs,
+    )
+    ssl_ciphers: str | None = _setting(
+        None, "OpenSSL cipher list for TLS 1.2 (default: Python's)", check=_ciphers
+    )
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             check = item.metadata.get("check")
@@ -139,6 +223,25 @@ class Config:
             raise ConfigError("an application (MODULE:ATTR) or at least one --mount is needed")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError("--root-path must start with / and not end with /")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        tls_only = {
+            "ssl_keyfile": self.ssl_keyfile is not None,
+            "ssl_keyfile_password": self.ssl_keyfile_password is not None,
+            "ssl_ca_certs": self.ssl_ca_certs is not None,
+            "ssl_ciphers": self.ssl_ciphers is not None,
+            "ssl_cert_reqs": str(self.ssl_cert_reqs).strip().lower() not in ("none", "0"),
+        }
+        given = [name for name, set_ in tls_only.items() if set_]
+        if given and self.ssl_certfile is None:
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} needs --ssl-certfile (TLS is off without it)")
+        if tls_only["ssl_cert_reqs"] and self.ssl_ca_certs is None:
+            raise ConfigError(
+                "--ssl-cert-reqs optional/required needs --ssl-ca-certs, the CA certificates "
+                "client certificates are checked against"
+            )
 
 
 @dataclass(frozen=True)

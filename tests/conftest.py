@@ -145,6 +145,12 @@ def read_response(sock: socket.socket) -> tuple[bytes, dict[bytes, bytes], bytes
 # The WSGI conformance fixtures (`wsgi_url`, parametrized over feeders) live in wsgi_feeders.py;
 # importing them here makes them visible to every test module. (Imported last: that module
 # imports `running_server` from this one.)
+# Likewise the real nginx and HAProxy in front of an upstream, and trustme certificates
+# (tests/proxies.py).
+from tests.proxies import haproxy_proxy as haproxy_proxy  # noqa: E402
+from tests.proxies import nginx_proxy as nginx_proxy  # noqa: E402
+from tests.proxies import raw_upstream as raw_upstream  # noqa: E402
+from tests.proxies import tls_certs as tls_certs  # noqa: E402
 from tests.wsgi_feeders import wsgi_feeder as wsgi_feeder  # noqa: E402
 from tests.wsgi_feeders import wsgi_url as wsgi_url  # noqa: E402
 
