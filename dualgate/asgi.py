@@ -21,6 +21,7 @@ from asgiref.typing import ASGI3Application, HTTPScope
 
 from dualgate.cycle import RequestCycle
 from dualgate.logs import error_logger
+from dualgate.paths import strip_root_path
 
 __all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
 
@@ -36,7 +37,7 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
     request = cycle.request
     raw_path, _, query = request.target.partition(b"?")
     path = unquote(raw_path.decode("ascii", "surrogateescape"))
-    if root_path and not (path == root_path or path.startswith(root_path + "/")):
+    if strip_root_path(path, root_path) is None:
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path

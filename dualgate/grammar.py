@@ -11,7 +11,16 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 
-__all__ = ["BAD_VALUE", "QUOTED_STRING", "REASONS", "TOKEN", "TOKEN_CHARS", "Headers"]
+__all__ = [
+    "BAD_VALUE",
+    "BAD_VALUE_TEXT",
+    "QUOTED_STRING",
+    "REASONS",
+    "TOKEN",
+    "TOKEN_CHARS",
+    "TOKEN_TEXT",
+    "Headers",
+]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -20,6 +29,9 @@ TOKEN = re.compile(TOKEN_CHARS + rb"+")
 QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 # Any control character but HTAB: CR and LF above all, which would split a header in two.
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The same two patterns over native strings, for WSGI's str headers (wsgi.py).
+TOKEN_TEXT = re.compile(TOKEN.pattern.decode("ascii"))
+BAD_VALUE_TEXT = re.compile(BAD_VALUE.pattern.decode("ascii"))
 
 REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 # RFC 9110 renamed these; Python 3.11's http module still has the RFC 7231 phrases.

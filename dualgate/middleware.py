@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, cast
 from wsgiref.types import WSGIApplication
 
-from dualgate.workers import WorkerPool
+from dualgate.config import Config
+from dualgate.flow import resolve
+from dualgate.paths import strip_root_path
+from dualgate.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
 from dualgate.wsgi import (
     BytesSource,
     ClientDisconnected,
@@ -37,22 +41,31 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Message], Awaitable[None]]
 Head = tuple[int, list[tuple[bytes, bytes]]]
 
+# The same defaults as the server's --threads and --timeout-worker, read from Config's fields
+# so that the two cannot drift apart.
+_CONFIG_DEFAULTS: dict[str, Any] = {
+    field.name: field.default for field in dataclasses.fields(Config)
+}
+_DEFAULT_THREADS: int = _CONFIG_DEFAULTS["threads"]
+_DEFAULT_WORKER_WAIT: float = _CONFIG_DEFAULTS["timeout_worker"]
+
 
 class WSGIMiddleware:
     """Run `app` (WSGI) for each ASGI `http` request, in a bounded pool of threads.
 
-    `pool` may be shared between several middlewares (and with dualgate's server); by default
+    `pool` (a `dualgate.WorkerPool`) may be shared between several middlewares; by default
     each middleware starts its own `threads` threads on its first request. A request that
-    finds no free thread within `worker_wait` seconds gets 503.
+    finds no free thread within `worker_wait` seconds gets 503. The defaults are those of
+    `Config.threads` and `Config.timeout_worker`, as for dualgate's own server.
     """
 
     def __init__(
         self,
         app: WSGIApplication,
         *,
-        threads: int = 8,
+        threads: int = _DEFAULT_THREADS,
         pool: WorkerPool | None = None,
-        worker_wait: float = 10.0,
+        worker_wait: float = _DEFAULT_WORKER_WAIT,
     ) -> None:
         self.app = app
         self.threads = threads
@@ -90,20 +103,27 @@ class WSGIMiddleware:
         else:
             source = BytesSource(body)
             exchange.watch_disconnect()
-        environ = _environ(scope, source)
         finished: asyncio.Future[None] = loop.create_future()
         sink = _Sink(exchange)
+        failure: list[Exception] = []
 
         pool = self.pool
 
         def job_done() -> None:
             pool.release()
-            _resolve(finished)
+            resolve(finished)
 
         def job() -> None:
             try:
                 if not exchange.disconnected:
+                    # Built here, not on the loop: a head of many thousand header lines costs
+                    # milliseconds, which on the loop would stall every other request.
+                    environ = _environ(scope, source)
                     run_wsgi(self.app, environ, sink)
+            except Exception as exc:
+                # A scope the environ cannot be built from: raised out of __call__ below, on
+                # the loop, as it would be by any ASGI application.
+                failure.append(exc)
             finally:
                 loop.call_soon_threadsafe(job_done)
 
@@ -112,7 +132,7 @@ class WSGIMiddleware:
         def refuse() -> None:
             nonlocal refused
             refused = True
-            _resolve(finished)
+            resolve(finished)
 
         context = contextvars.copy_context()
         pool.submit(functools.partial(context.run, job), refuse, self.worker_wait, loop)
@@ -121,15 +141,12 @@ class WSGIMiddleware:
             await asyncio.shield(finished)
         finally:
             exchange.stop_watching()
+        if failure:
+            raise failure[0]
         if refused:
             await _send_busy(send)
             return
         await sink.flush()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class _Exchange:
@@ -252,15 +269,15 @@ class _Sink:
 
 
 async def _send_busy(send: Send) -> None:
-    body = b"All workers are busy, retry later\n"
+    body = BUSY_MESSAGE.encode("utf-8")
     await send(
         {
             "type": "http.response.start",
-            "status": 503,
+            "status": BUSY_STATUS,
             "headers": [
                 (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
+                BUSY_RETRY_AFTER,
             ],
         }
     )
@@ -286,8 +303,9 @@ def _environ(scope: Any, source: Any) -> dict[str, Any]:
         path_info = path_info_from_raw(raw_path.partition(b"?")[0])
     else:
         # Under a mount, raw_path still carries the prefix; the decoded path is the reliable one.
-        if root_path and (path == root_path or path.startswith(root_path + "/")):
-            path = path[len(root_path) :]
+        rest = strip_root_path(path, root_path)
+        if rest is not None:
+            path = rest
         path_info = path.encode("utf-8").decode("latin-1")
     client = scope.get("client")
     server = scope.get("server")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from dualgate.cycle import RequestCycle
+from dualgate.paths import strip_root_path
 from dualgate.state import RequestHandler
 from dualgate.wsgi import path_info_from_raw
 
@@ -25,14 +26,15 @@ class MountRouter:
         # every handler finds its whole mount point in it.
         root = cycle.config.root_path
         if root:
-            if path == root or path.startswith(root + "/"):
-                path = path[len(root) :] or "/"
+            below = strip_root_path(path, root)
+            if below is not None:
+                path = below or "/"
             elif target.startswith(b"/"):
                 cycle.request = cycle.request.with_target(
                     quote(root, safe="/").encode("ascii") + target
                 )
         for prefix, handler in self.routes:
-            if prefix == "" or path == prefix or path.startswith(prefix + "/"):
+            if strip_root_path(path, prefix) is not None:
                 handler(cycle)
                 return
         cycle.respond_error(404, "Not Found\n")

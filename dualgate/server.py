@@ -21,9 +21,10 @@ from dualgate.asgi import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app
 from dualgate.logs import configure_logging, error_logger
 from dualgate.mounts import MountRouter
+from dualgate.pool import WorkerPool
 from dualgate.protocol import HTTPProtocol
 from dualgate.state import RequestHandler, ServerState
-from dualgate.workers import WorkerPool, WSGIHandler
+from dualgate.workers import WSGIHandler
 
 __all__ = ["Server", "run"]
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import queue
 import threading
-import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 from wsgiref.types import WSGIApplication
 
 from dualgate.cycle import RequestCycle, loop_can_sendfile
-from dualgate.logs import error_logger
+from dualgate.paths import strip_root_path
+from dualgate.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
 from dualgate.wsgi import (
     BodySource,
     BytesSource,
@@ -36,94 +34,10 @@ from dualgate.wsgi import (
     run_wsgi,
 )
 
-__all__ = ["WSGIHandler", "WorkerPool"]
+__all__ = ["WSGIHandler"]
 
-Job = Callable[[], None]
 # How often a waiting thread wakes to notice a vanished client it was not told about.
 _WAKE_INTERVAL = 0.5
-
-
-class WorkerPool:
-    """A fixed set of threads, started once and shared, with a bounded wait for a free one.
-
-    A job either starts on a free thread, waits up to `wait` seconds for one, or is refused
-    (`on_refused` runs on the loop): never an unbounded queue. `release()` must be called once
-    per started job when it is done, from the loop that submitted it.
-    """
-
-    def __init__(self, size: int, name: str = "dualgate-worker") -> None:
-        self.size = size
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._free = size
-        # Jobs waiting for a thread: (job, on_refused, deadline), oldest first.
-        self._waiting: deque[tuple[Job, Callable[[], None], float]] = deque()
-        self._expiry: asyncio.TimerHandle | None = None
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
-            for index in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except BaseException:  # a job must never take its thread down
-                error_logger.exception("Worker job failed")
-
-    def submit(
-        self,
-        job: Job,
-        on_refused: Callable[[], None],
-        wait: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        with self._lock:
-            if self._free > 0:
-                self._free -= 1
-                self._jobs.put(job)
-                return
-            if wait > 0:
-                deadline = loop.time() + wait
-                self._waiting.append((job, on_refused, deadline))
-                if self._expiry is None or deadline < self._expiry.when():
-                    # One timer for all waiters: a timer per waiting request cost the loop
-                    # more than the wait itself under load.
-                    if self._expiry is not None:
-                        self._expiry.cancel()
-                    self._expiry = loop.call_at(deadline, self._expire, loop)
-                return
-        on_refused()
-
-    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        with self._lock:
-            self._expiry = None
-            expired = [entry for entry in self._waiting if entry[2] <= now]
-            for entry in expired:
-                self._waiting.remove(entry)
-            if self._waiting:
-                soonest = min(entry[2] for entry in self._waiting)
-                self._expiry = loop.call_at(soonest, self._expire, loop)
-        for _job, on_refused, _deadline in expired:
-            on_refused()
-
-    def release(self) -> None:
-        with self._lock:
-            if self._waiting:
-                self._jobs.put(self._waiting.popleft()[0])
-            else:
-                self._free += 1
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Stop the threads once their jobs end, waiting at most `timeout` seconds in all."""
-        for _ in self._threads:
-            self._jobs.put(None)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 class _ThreadBody:
@@ -391,8 +305,9 @@ class WSGIHandler:
         raw_path, _, query = request.target.partition(b"?")
         path_info = path_info_from_raw(raw_path)
         script_name = self.root_path
-        if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
-            path_info = path_info[len(script_name) :]
+        below = strip_root_path(path_info, script_name)
+        if below is not None:
+            path_info = below
         return build_environ(
             method=request.method.decode("ascii"),
             script_name=script_name,
@@ -409,4 +324,4 @@ class WSGIHandler:
 
 def _refuse_busy(cycle: RequestCycle) -> None:
     if not cycle.disconnected:
-        cycle.respond_error(503, "All workers are busy, retry later\n", [(b"retry-after", b"1")])
+        cycle.respond_error(BUSY_STATUS, BUSY_MESSAGE, [BUSY_RETRY_AFTER])

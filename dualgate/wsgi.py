@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol, cast
 from urllib.parse import unquote_to_bytes
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from dualgate.grammar import BAD_VALUE_TEXT, TOKEN_TEXT, Headers
 
 __all__ = [
     "BodySource",
@@ -37,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger("dualgate.error")
 
-Headers = list[tuple[bytes, bytes]]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 _HOP_BY_HOP = frozenset(
@@ -53,8 +53,6 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _NO_BODY_STATUS = frozenset({204, 304})
 # Bodies given whole (a list) up to this size are handed over in one piece.
 _WHOLE_BODY_LIMIT = 1 << 20
@@ -257,6 +255,9 @@ def build_environ(
         "wsgi.input_terminated": True,
         "wsgi.file_wrapper": FileWrapper,
     }
+    # Values of a repeated header, joined once at the end: joining as they come copies the
+    # value so far for every repetition, quadratic time for a head of many duplicates.
+    repeated: dict[str, list[str]] = {}
     for name, raw_value in headers:
         value = raw_value.decode("latin-1")
         if name == b"content-type":
@@ -269,11 +270,16 @@ def build_environ(
             continue
         else:
             key = _environ_key(name)
-            if key in environ:
-                separator = "; " if key == "HTTP_COOKIE" else ", "
-                environ[key] = environ[key] + separator + value
-            else:
+            if key not in environ:
                 environ[key] = value
+            elif (values := repeated.get(key)) is not None:
+                values.append(value)
+            else:
+                repeated[key] = [environ[key], value]
+    for key, values in repeated.items():
+        # Cookie pairs are separated by "; " (RFC 6265 section 5.4); every other repeatable
+        # field by ", " (RFC 9110 section 5.3).
+        environ[key] = ("; " if key == "HTTP_COOKIE" else ", ").join(values)
     return environ
 
 
@@ -287,6 +293,8 @@ class _Response:
         self.reason = b""
         self.headers: Headers | None = None
         self.head_sent = False
+        # Set with the head: HEAD, 204 and 304 responses carry no body, whatever the app gives.
+        self.no_body = False
         self.content_length: int | None = None
         self.sent = 0
         self.truncated = False
@@ -315,11 +323,20 @@ class _Response:
             data = bytes(data)
         if not data:
             return
-        data = self._clip(data)
         if not self.head_sent:
             self._send_head()
-        if data and not self.is_head:
+        if self.no_body:
+            return
+        data = self._clip(data)
+        if data:
             self.sink.write(data)
+
+    def body_done(self) -> bool:
+        """Nothing more can go out: PEP 3333 then wants the iterable no longer iterated."""
+        if not self.head_sent:
+            return False
+        length = self.content_length
+        return self.no_body or (length is not None and self.sent >= length)
 
     def _clip(self, data: bytes) -> bytes:
         if self.content_length is not None:
@@ -338,6 +355,7 @@ class _Response:
     def _send_head(self) -> None:
         assert self.headers is not None
         self.head_sent = True
+        self.no_body = self.is_head or self.status in _NO_BODY_STATUS
         self.sink.start(self.status, self.reason, self.headers)
 
     def finish(self, tail: bytes = b"") -> None:
@@ -396,7 +414,7 @@ def _parse_status(status: str) -> tuple[int, bytes]:
     code, _, reason = status.partition(" ")
     if len(code) != 3 or not code.isdigit() or not 200 <= int(code) <= 999:
         raise ValueError(f"status must start with a 3-digit final status code: {status!r}")
-    if _BAD_VALUE.search(reason):
+    if BAD_VALUE_TEXT.search(reason):
         raise ValueError(f"status contains control characters: {status!r}")
     return int(code), reason.encode("latin-1")
 
@@ -412,9 +430,9 @@ def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"header names and values must be str: {item!r}")
-        if not _TOKEN.fullmatch(name):
+        if not TOKEN_TEXT.fullmatch(name):
             raise ValueError(f"invalid header name: {name!r}")
-        if _BAD_VALUE.search(value):
+        if BAD_VALUE_TEXT.search(value):
             raise ValueError(f"header {name!r} has a control character (CR, LF, NUL) in its value")
         lower = name.lower()
         if lower in _HOP_BY_HOP:
@@ -489,22 +507,29 @@ def _send_result(result: Iterable[bytes], response: _Response) -> None:
         return
     for chunk in result:
         response.write(chunk)
-        if response.is_head and response.head_sent:
-            break  # a HEAD response ends with its head; an endless body must not hold it
+        if response.body_done():
+            # The declared length is out (or no body may follow this head): iterating on
+            # would only drop bytes, and an endless iterable would hold the thread forever.
+            break
     response.finish()
 
 
 def _try_sendfile(wrapper: FileWrapper, response: _Response) -> bool:
     span = wrapper.regular_file_span()
-    if span is None or response.headers is None or response.head_sent or response.is_head:
+    if (
+        span is None
+        or response.headers is None
+        or response.head_sent
+        or response.is_head
+        or response.status in _NO_BODY_STATUS
+    ):
         return False
     offset, available = span
     if response.content_length is None:
         response.headers.append((b"content-length", str(available).encode("ascii")))
         response.content_length = available
     count = min(available, response.content_length)
-    response.head_sent = True
-    response.sink.start(response.status, response.reason, response.headers)
+    response._send_head()
     if not response.sink.sendfile(wrapper.filelike, offset, count):
         # Fall back to reading the file in blocks.
         response.sent = 0

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from dualgate import Config, Server
+from tests.http_client import read_response
 
 SOCKET_TIMEOUT = 10.0
 
@@ -97,51 +98,6 @@ def exchange(port: int, data: bytes, timeout: float = SOCKET_TIMEOUT) -> bytes:
         return read_until_closed(sock)
 
 
-def read_response(sock: socket.socket) -> tuple[bytes, dict[bytes, bytes], bytes]:
-    """Read one response with a Content-Length or chunked body.
-
-    Returns (status line, headers, body).
-    """
-    buffer = b""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a response head: {buffer!r}")
-        buffer += chunk
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    status, *lines = head.split(b"\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-
-    def fill(size: int) -> None:
-        nonlocal rest
-        while len(rest) < size:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed mid-body")
-            rest += chunk
-
-    if b"content-length" in headers:
-        size = int(headers[b"content-length"])
-        fill(size)
-        return status, headers, rest[:size]
-    if headers.get(b"transfer-encoding") == b"chunked":
-        body = b""
-        while True:
-            while b"\r\n" not in rest:
-                fill(len(rest) + 1)
-            line, _, rest = rest.partition(b"\r\n")
-            size = int(line.split(b";")[0], 16)
-            fill(size + 2)
-            body += rest[:size]
-            rest = rest[size + 2 :]
-            if size == 0:
-                return status, headers, body
-    return status, headers, rest
-
-
 # The WSGI conformance fixtures (`wsgi_url`, parametrized over feeders) live in wsgi_feeders.py;
 # importing them here makes them visible to every test module. (Imported last: that module
 # imports `running_server` from this one.)
@@ -166,17 +122,17 @@ def ok_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[
 
 
 class Reader:
-    """Reads several responses off one connection, keeping bytes that arrive early.
+    """Reads responses off one connection, keeping bytes that arrive early.
 
-    `read_response` (above) drops what follows the body it reads; pipelined responses, and a
-    HEAD response followed by another one, need the leftover bytes kept.
+    `read_response` parses with h11 (tests/http_client.py); the raw reads are for tests that
+    check the bytes themselves (chunk framing, an interim 100 Continue).
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = b""
 
-    def _fill(self) -> bool:
+    def fill(self) -> bool:
         try:
             chunk = self.sock.recv(65536)
         except ConnectionResetError:
@@ -185,57 +141,43 @@ class Reader:
         return bool(chunk)
 
     def read_head(self) -> tuple[bytes, dict[bytes, bytes]]:
-        """Status line and headers (names lower-cased; a repeated name keeps the last value)."""
-        while b"\r\n\r\n" not in self.buffer:
-            if not self._fill():
-                raise ConnectionError(f"closed before a response head: {self.buffer!r}")
-        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-        status, *lines = head.split(b"\r\n")
-        headers: dict[bytes, bytes] = {}
-        for line in lines:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        return status, headers
+        """Status line and headers (parsed by h11) of the next response, interim or final.
+
+        The body's raw bytes stay unread, for `read_line` and `read_exact`.
+        """
+        response = read_response(self, head_only=True)
+        return response.status_line, dict(response.headers)
 
     def read_exact(self, size: int) -> bytes:
         while len(self.buffer) < size:
-            if not self._fill():
+            if not self.fill():
                 raise ConnectionError(f"closed after {len(self.buffer)} of {size} bytes")
         data, self.buffer = self.buffer[:size], self.buffer[size:]
         return data
 
     def read_line(self) -> bytes:
         while b"\r\n" not in self.buffer:
-            if not self._fill():
+            if not self.fill():
                 raise ConnectionError(f"closed mid-line: {self.buffer!r}")
         line, _, self.buffer = self.buffer.partition(b"\r\n")
         return line
 
     def read_until_closed(self) -> bytes:
-        while self._fill():
+        while self.fill():
             pass
         data, self.buffer = self.buffer, b""
         return data
 
     def read_response(self, *, head: bool = False) -> tuple[bytes, dict[bytes, bytes], bytes]:
-        """One response; `head=True` for the answer to a HEAD request (never a body)."""
-        status, headers = self.read_head()
-        if head or status.split(b" ")[1][:1] == b"1" or b" 204 " in status + b" ":
-            return status, headers, b""
-        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-            body = b""
-            while True:
-                size = int(self.read_line().split(b";")[0], 16)
-                if size == 0:
-                    while self.read_line():  # trailer section, up to the empty line
-                        pass
-                    return status, headers, body
-                body += self.read_exact(size)
-                if self.read_exact(2) != b"\r\n":
-                    raise ConnectionError("chunk not followed by CRLF")
-        if b"content-length" in headers:
-            return status, headers, self.read_exact(int(headers[b"content-length"]))
-        return status, headers, self.read_until_closed()
+        """One whole response: (status line, headers, body); `head=True` answers a HEAD.
+
+        Names are lower-cased; a repeated name keeps its last value. A response broken off
+        before its framing says it ended raises ConnectionError.
+        """
+        response = read_response(self, b"HEAD" if head else b"GET")
+        if not response.complete:
+            raise ConnectionError(f"closed mid-body after {len(response.body)} bytes")
+        return response.status_line, dict(response.headers), response.body
 
 
 def assert_serves(port: int, path: bytes = b"/") -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from asgiref.testing import ApplicationCommunicator
 
-from dualgate import WSGIMiddleware
-from dualgate.workers import WorkerPool
+from dualgate import WorkerPool, WSGIMiddleware
+from dualgate.wsgi import build_environ
 from tests.conftest import Message, Receive, Scope, Send
 
 WAIT = 5.0
@@ -187,6 +187,76 @@ async def test_script_name_and_path_info(
     # PEP 3333: native strings carrying the bytes as latin-1.
     assert environ["SCRIPT_NAME"].encode("latin-1").decode("utf-8") == script_name
     assert environ["PATH_INFO"].encode("latin-1").decode("utf-8") == path_info
+
+
+@pytest.mark.asyncio
+async def test_many_duplicate_headers_are_joined_in_linear_time(
+    middlewares: list[WSGIMiddleware],
+) -> None:
+    # Joining each repeat onto the value so far copies it every time: 64,000 repeats took
+    # seconds (the class of CVE-2025-14550 in asgiref). Joined once, they take milliseconds.
+    count = 64_000
+    seen: list[Environ] = []
+    middleware = WSGIMiddleware(environ_app(seen))
+    middlewares.append(middleware)
+    headers = [(b"host", b"example.test")]
+    headers += [(b"x-dup", b"v%d" % index) for index in range(count)]
+    headers += [(b"cookie", b"c%d=%d" % (index, index)) for index in range(count)]
+    started = time.monotonic()
+    communicator = Communicator(middleware, http_scope(headers=headers))
+    await communicator.send({"type": "http.request", "body": b""})
+    start, _, _ = await communicator.response()
+    await communicator.wait()
+    elapsed = time.monotonic() - started
+    assert start["status"] == 201
+    [environ] = seen
+    assert environ["HTTP_X_DUP"] == ", ".join(f"v{index}" for index in range(count))
+    assert environ["HTTP_COOKIE"] == "; ".join(f"c{index}={index}" for index in range(count))
+    assert elapsed < 1.0, f"{2 * count} duplicate header lines took {elapsed:.2f} s"
+
+
+@pytest.mark.asyncio
+async def test_environ_is_built_in_the_worker_thread(
+    middlewares: list[WSGIMiddleware], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Building the environ of a large head is the costly part of a request's set-up; on the
+    # loop it would stall every other request of the ASGI server.
+    built_in: list[threading.Thread] = []
+
+    def recording_build_environ(**parts: Any) -> dict[str, Any]:
+        built_in.append(threading.current_thread())
+        return build_environ(**parts)
+
+    monkeypatch.setattr("dualgate.middleware.build_environ", recording_build_environ)
+    middleware = WSGIMiddleware(environ_app([]))
+    middlewares.append(middleware)
+    communicator = Communicator(middleware, http_scope())
+    await communicator.send({"type": "http.request", "body": b""})
+    assert (await communicator.response())[0]["status"] == 201
+    await communicator.wait()
+    assert len(built_in) == 1
+    assert built_in[0] is not threading.current_thread()
+
+
+@pytest.mark.asyncio
+async def test_scope_without_a_method_raises_out_of_the_middleware(
+    middlewares: list[WSGIMiddleware],
+) -> None:
+    ran: list[Environ] = []
+    middleware = WSGIMiddleware(environ_app(ran))
+    middlewares.append(middleware)
+    scope = http_scope()
+    del scope["method"]
+    communicator = Communicator(middleware, scope)
+    await communicator.send({"type": "http.request", "body": b""})
+    with pytest.raises(KeyError, match="method"):
+        await communicator.wait()
+    assert not ran
+    # The thread went back to the pool.
+    again = Communicator(middleware, http_scope())
+    await again.send({"type": "http.request", "body": b""})
+    assert (await again.response())[0]["status"] == 201
+    await again.wait()
 
 
 @pytest.mark.asyncio

@@ -12,8 +12,8 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 from tests.conftest import (
     SOCKET_TIMEOUT,
+    Reader,
     ServeFactory,
-    read_response,
     read_until_closed,
     running_server,
 )
@@ -32,7 +32,7 @@ def test_unix_socket_is_served_and_removed_on_stop(tmp_path: Path) -> None:
             sock.settimeout(SOCKET_TIMEOUT)
             sock.connect(str(path))
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, _, body = read_response(sock)
+            status, _, body = Reader(sock).read_response()
         assert status == b"HTTP/1.1 200 OK"
         assert body == b"hello over http"
     assert not path.exists(), "the socket file outlived the server"

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from dualgate import Config, Server
-from tests.conftest import ServeFactory, connect, read_response
+from tests.conftest import Reader, ServeFactory, connect
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -23,9 +23,10 @@ def hello(environ: dict[str, object], start_response: object) -> list[bytes]:
 def test_hello_over_keep_alive(serve: ServeFactory) -> None:
     server = serve(hello)
     with connect(server.port) as sock:
+        reader = Reader(sock)
         for _ in range(3):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, body = read_response(sock)
+            status, headers, body = reader.read_response()
             assert status == b"HTTP/1.1 200 OK"
             assert body == b"<h1>Hello, web!</h1>"
             assert headers[b"content-length"] == b"20"
@@ -50,7 +51,7 @@ def _check_hello_then_sigterm(process: subprocess.Popen[str]) -> None:
         port = int(line.rsplit(":", 1)[1])
         with connect(port) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert read_response(sock)[2] == b"<h1>Hello, web!</h1>"
+            assert Reader(sock).read_response()[2] == b"<h1>Hello, web!</h1>"
         os.kill(process.pid, signal.SIGTERM)
         assert process.wait(timeout=10) == 0
     finally:

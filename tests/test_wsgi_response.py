@@ -7,6 +7,7 @@ application itself observed (exceptions raised into it, close() calls).
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import sys
 import threading
@@ -381,6 +382,58 @@ def test_extra_bytes_beyond_content_length_are_dropped(wsgi_url: WSGIUrl, shape:
             assert response.status == 200
             assert response.headers["content-length"] == "5"
             assert response.body == b"hello"
+
+
+@pytest.mark.parametrize("chunk", [b"ab", b"abc"], ids=["ends-on-the-length", "overruns-it"])
+def test_endless_iterable_stops_at_content_length(wsgi_url: WSGIUrl, chunk: bytes) -> None:
+    # PEP 3333, "Handling the Content-Length Header": the server should stop iterating once
+    # Content-Length bytes are sent. The response then completes, close() runs, and the one
+    # worker thread is free again for the next request.
+    iterables: list[Closing] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [*TEXT, ("Content-Length", "4")])
+        if environ["PATH_INFO"] == "/next":
+            return [b"next"]
+        iterable = Closing(itertools.repeat(chunk))
+        iterables.append(iterable)
+        return iterable
+
+    with RawConnection(wsgi_url(app, threads=1)) as connection:
+        connection.request("GET", "/")
+        response = connection.read_response()
+        assert (response.status, response.complete) == (200, True)
+        assert response.body == (chunk * 2)[:4]
+        assert iterables[0].closed.wait(WAIT), "close() was not called"
+        assert iterables[0].close_calls == 1
+        assert iterables[0].produced == 2, "iterated past the Content-Length"
+        connection.request("GET", "/next")
+        assert connection.read_response().body == b"next"
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified"])
+def test_endless_iterable_after_a_bodiless_status_ends_with_the_head(
+    wsgi_url: WSGIUrl, status: str
+) -> None:
+    # No body may follow a 204 or 304 head (RFC 9110 6.4.1): there is nothing to iterate for.
+    iterables: list[Closing] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/next":
+            return _hello(environ, start_response)
+        start_response(status, [])
+        iterable = Closing(_endless())
+        iterables.append(iterable)
+        return iterable
+
+    with RawConnection(wsgi_url(app, threads=1)) as connection:
+        connection.request("GET", "/")
+        response = connection.read_response()
+        assert (response.status, response.body, response.complete) == (int(status[:3]), b"", True)
+        assert iterables[0].closed.wait(WAIT), "close() was not called"
+        assert iterables[0].produced == 1
+        connection.request("GET", "/next")
+        assert connection.read_response().body == b"hello"
 
 
 @pytest.mark.parametrize("shape", ["list", "generator"])

@@ -22,6 +22,7 @@ import pytest
 
 from dualgate import WSGIMiddleware
 from tests.conftest import SOCKET_TIMEOUT, read_until_closed, running_server
+from tests.http_client import read_response
 
 __all__ = [
     "FEEDERS",
@@ -69,7 +70,9 @@ def _start(stack: ExitStack, feeder: str, app: Any, config: dict[str, Any]) -> s
         server = stack.enter_context(running_server(app, **config))
         return f"http://127.0.0.1:{server.port}"
     if feeder == "middleware":
-        middleware = WSGIMiddleware(app, threads=config.pop("threads", 8))
+        # The middleware's defaults are Config's; only a value the test gives is passed on.
+        options = {"threads": config.pop("threads")} if "threads" in config else {}
+        middleware = WSGIMiddleware(app, **options)
         stack.callback(middleware.close)
         server = stack.enter_context(
             running_server(middleware, interface="asgi", lifespan="off", **config)
@@ -134,7 +137,7 @@ class RawConnection:
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{length}{headers}\r\n"
         self.send(head.encode("latin-1") + body)
 
-    def _fill(self) -> bool:
+    def fill(self) -> bool:
         try:
             chunk = self.sock.recv(262144)
         except ConnectionResetError:
@@ -148,7 +151,7 @@ class RawConnection:
     def read_until(self, marker: bytes) -> bytes:
         """Everything up to and including `marker` (the socket timeout bounds the wait)."""
         while marker not in self.buffer:
-            if not self._fill():
+            if not self.fill():
                 raise ConnectionError(f"closed before {marker!r}: {self.buffer[-200:]!r}")
         data, _, self.buffer = self.buffer.partition(marker)
         return data + marker
@@ -156,61 +159,25 @@ class RawConnection:
     def read_at_least(self, size: int) -> bytes:
         """At least `size` bytes, whatever they are (the socket timeout bounds the wait)."""
         while len(self.buffer) < size:
-            if not self._fill():
+            if not self.fill():
                 raise ConnectionError(f"closed after {len(self.buffer)} of {size} bytes")
         data, self.buffer = self.buffer, b""
         return data
 
     def read_until_closed(self) -> bytes:
-        while self._fill():
+        while self.fill():
             pass
         data, self.buffer = self.buffer, b""
         return data
 
-    def _exact(self, size: int) -> tuple[bytes, bool]:
-        while len(self.buffer) < size:
-            if not self._fill():
-                data, self.buffer = self.buffer, b""
-                return data, False
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data, True
-
     def read_response(self, *, head_request: bool = False) -> Response:
-        """One response; a broken-off body comes back with complete=False."""
-        head = self.read_until(b"\r\n\r\n")
-        status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
+        """One response (parsed by h11); a broken-off body comes back with complete=False."""
+        parsed = read_response(self, b"HEAD" if head_request else b"GET")
         headers: dict[str, str] = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            key = name.strip().lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-        status = int(status_line.split(" ")[1])
-        if head_request or status in (204, 304) or status < 200:
-            return Response(status, headers, b"", True, head)
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            parts: list[bytes] = []
-            while True:
-                try:
-                    size_line = self.read_until(b"\r\n")
-                except ConnectionError:
-                    return Response(status, headers, b"".join(parts), False, head)
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
-                    trailer_ok = True
-                    try:
-                        while self.read_until(b"\r\n") != b"\r\n":
-                            pass
-                    except ConnectionError:
-                        trailer_ok = False
-                    return Response(status, headers, b"".join(parts), trailer_ok, head)
-                data, ok = self._exact(size + 2)
-                parts.append(data[:size])
-                if not ok:
-                    return Response(status, headers, b"".join(parts), False, head)
-        if "content-length" in headers:
-            data, ok = self._exact(int(headers["content-length"]))
-            return Response(status, headers, data, ok, head)
-        return Response(status, headers, self.read_until_closed(), True, head)
+        for raw_name, raw_value in parsed.headers:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return Response(parsed.status, headers, parsed.body, parsed.complete, parsed.head)
 
 
 def fetch(url: str, method: str, path: str, headers: str = "", body: bytes = b"") -> Response:
