@@ -218,6 +218,10 @@ class ChunkedFraming:
                 return None
             self._line += data[position : end + 1]
             position = end + 1
+            # The limit a partial line is held to above, so a line is refused or not
+            # whatever TCP segments it arrived in.
+            if len(self._line) - 1 > _MAX_CHUNK_LINE:
+                return Refusal(400, "Chunked framing line too long", "smuggling")
             problem = self._end_of_line(bytes(self._line))
             self._line.clear()
             if problem is not None:

@@ -378,3 +378,37 @@ def test_origin_form(target: bytes, path: bytes, host: bytes) -> None:
     # RFC 9112 section 3.2.2: the target's authority is the Host; any Host header is ignored.
     assert new_headers == [(b"accept", b"*/*"), (b"host", host)]
     assert headers[0] == (b"host", b"ignored")  # the caller's list is left as it was
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"5;name=" + b"v" * 5000 + b"\r\n",  # a chunk line
+        b"X-Trailer: " + b"v" * 5000 + b"\r\n",  # a trailer line
+    ],
+    ids=["extension", "trailer"],
+)
+def test_the_framing_line_limit_does_not_depend_on_how_the_line_arrives(line: bytes) -> None:
+    # A line over the limit is refused whether it comes whole or in pieces; were it refused
+    # only in pieces, the same request would pass or fail with the TCP segments it came in.
+    body = line + b"hello\r\n0\r\n\r\n" if line[:1] == b"5" else b"0\r\n" + line + b"\r\n"
+    expected = Refusal(400, "Chunked framing line too long", "smuggling")
+    start = 0 if line[:1] == b"5" else 3
+    for cut in (start + 10, start + 4200, start + len(line) - 1, start + len(line)):
+        for pieces in ([body], [body[:cut], body[cut:]]):
+            assert first_refusal(pieces) == expected, (cut, len(pieces))
+
+
+def test_a_framing_line_at_the_limit_is_accepted_however_it_arrives() -> None:
+    line = b"5;n=" + b"v" * (4096 - 5) + b"\r\n"  # 4096 bytes before its LF
+    body = line + b"hello\r\n0\r\n\r\n"
+    ways = [[body], [body[i : i + 1] for i in range(len(body))]]
+    ways += [[body[:cut], body[cut:]] for cut in (1, 100, 4095, 4096, 4097, 4098)]
+    for pieces in ways:
+        assert first_refusal(pieces) is None
+    # One byte more is over.
+    longer = line[:4] + b"v" + line[4:] + b"hello\r\n0\r\n\r\n"
+    too_long = Refusal(400, "Chunked framing line too long", "smuggling")
+    assert first_refusal([longer]) == too_long
+    assert first_refusal([longer[:4096], longer[4096:]]) == too_long
+    assert first_refusal([longer[:4097], longer[4097:]]) == too_long

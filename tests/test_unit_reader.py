@@ -561,6 +561,16 @@ def test_chunked_framing_is_refused_on_the_raw_bytes(body: bytes, message: str) 
     assert_refused_every_way(CHUNKED_HEAD + body, ("refusal", 400, message, "smuggling"))
 
 
+def test_a_long_chunk_line_is_refused_however_it_arrives() -> None:
+    line = b"5;name=" + b"v" * 5000 + b"\r\n"
+    data = CHUNKED_HEAD + line + b"hello\r\n0\r\n\r\n"
+    start = len(CHUNKED_HEAD)
+    expected = ("refusal", 400, "Chunked framing line too long", "smuggling")
+    for cut in (0, start - 1, start, start + 3000, start + len(line) - 1, start + len(line)):
+        chunks = [data] if cut == 0 else [data[:cut], data[cut:]]
+        assert refusal_of(run(chunks)) == expected, cut
+
+
 def test_chunk_data_not_followed_by_crlf_is_400_however_it_arrives() -> None:
     data = CHUNKED_HEAD + b"5\r\nhelloXY\r\n0\r\n\r\n"
     seen = run([data])
