@@ -67,9 +67,14 @@ def oversized_head(head: bytes | bytearray, limit: int) -> Refusal | None:
     return Refusal(431, "Request head too large", "too_large")
 
 
+def _connection_options(connection_values: list[bytes]) -> set[bytes]:
+    """The options the Connection header(s) list: tokens, not substrings (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for value in connection_values for token in value.split(b",")}
+
+
 def wants_keep_alive(http_version: bytes, connection_values: list[bytes]) -> bool:
     """Whether the client's request allows another request on this connection."""
-    tokens = {token.strip().lower() for value in connection_values for token in value.split(b",")}
+    tokens = _connection_options(connection_values)
     if b"close" in tokens:
         return False
     return http_version == b"1.1" or b"keep-alive" in tokens
@@ -137,7 +142,7 @@ def check_request(
     keep_alive = (
         wants_keep_alive(http_version, connection) if connection else (http_version == b"1.1")
     )
-    if upgrade and not any(b"upgrade" in value.lower() for value in connection):
+    if upgrade and b"upgrade" not in _connection_options(connection):
         upgrade = b""  # RFC 9110 section 7.8: Upgrade counts only when Connection lists it
     return Framing(0 if has_chunked else length, has_chunked, keep_alive, upgrade)
 

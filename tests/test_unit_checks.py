@@ -412,3 +412,15 @@ def test_a_framing_line_at_the_limit_is_accepted_however_it_arrives() -> None:
     assert first_refusal([longer]) == too_long
     assert first_refusal([longer[:4096], longer[4096:]]) == too_long
     assert first_refusal([longer[:4097], longer[4097:]]) == too_long
+
+
+@pytest.mark.parametrize("connection", [b"x-upgrade", b"upgrades", b"no-upgrade, keep-alive"])
+def test_upgrade_counts_only_when_connection_lists_the_upgrade_option(connection: bytes) -> None:
+    # RFC 9110 sections 7.6.1 and 7.8: Connection is a list of option tokens; an option whose
+    # name merely contains "upgrade" is another option.
+    headers = [*HOST, (b"connection", connection), (b"upgrade", b"websocket")]
+    framing = check(headers=headers)
+    assert type(framing) is Framing and framing.upgrade == b""
+    headers = [*HOST, (b"connection", connection + b", Upgrade"), (b"upgrade", b"websocket")]
+    framing = check(headers=headers)
+    assert type(framing) is Framing and framing.upgrade == b"websocket"
