@@ -339,3 +339,20 @@ def test_refusal_of_a_head_request_has_no_body() -> None:
     parsed = parse(wire, method=b"HEAD")
     assert parsed.status == 503 and parsed.body == b"" and not parsed.keeps
     assert parsed.values(b"retry-after") == [b"1"]
+
+
+@pytest.mark.parametrize(("status", "head_request"), [(200, True), (304, False)])
+def test_no_transfer_encoding_to_an_http10_client_even_without_a_body(
+    status: int, head_request: bool
+) -> None:
+    # RFC 9112 section 6.1: a server MUST NOT send Transfer-Encoding unless the request was
+    # HTTP/1.1. A GET from an HTTP/1.0 client is answered with a body ended by closing, so the
+    # HEAD or 304 that stands for it claims no chunked framing either.
+    head = build(
+        status, [(b"Transfer-Encoding", b"chunked")], head_request=head_request, http11=False
+    )
+    assert head.framing == EMPTY
+    assert b"transfer-encoding" not in names(head)
+    # For an HTTP/1.1 client it still says what the GET would have carried.
+    head = build(status, [(b"Transfer-Encoding", b"chunked")], head_request=head_request)
+    assert names(head).count(b"transfer-encoding") == 1
