@@ -194,15 +194,17 @@ class ChunkedFraming:
     h11 reads a chunk line up to CRLF and accepts a bare LF inside a chunk extension, white
     space after the size, up to 20 hex digits, and bare LF in trailers: each a shape where a
     proxy in front may frame the body differently (request smuggling). Data bytes are skipped
-    by count, so only the framing lines cost Python steps.
+    by count, so only the framing lines cost Python steps. h11 parses trailer fields as it
+    parses a head, so they are held to the head's field limit (431) before it sees them.
     """
 
-    __slots__ = ("_left", "_line", "_state")
+    __slots__ = ("_fields_left", "_left", "_line", "_state")
 
-    def __init__(self) -> None:
+    def __init__(self, max_trailer_fields: int) -> None:
         self._state = _SIZE
         self._line = bytearray()
         self._left = 0
+        self._fields_left = max_trailer_fields
 
     def feed(self, data: bytes | bytearray) -> Refusal | None:
         """Check the next raw bytes; a reason to refuse the request, or None."""
@@ -227,26 +229,30 @@ class ChunkedFraming:
             # whatever TCP segments it arrived in.
             if len(self._line) - 1 > _MAX_CHUNK_LINE:
                 return Refusal(400, "Chunked framing line too long", "smuggling")
-            problem = self._end_of_line(bytes(self._line))
+            refusal = self._end_of_line(bytes(self._line))
             self._line.clear()
-            if problem is not None:
-                return Refusal(400, problem, "smuggling")
+            if refusal is not None:
+                return refusal
         return None
 
-    def _end_of_line(self, line: bytes) -> str | None:
+    def _end_of_line(self, line: bytes) -> Refusal | None:
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            return "Bare CR or LF in chunked framing"
+            return Refusal(400, "Bare CR or LF in chunked framing", "smuggling")
         content = line[:-2]
         if self._state == _SIZE:
             match = _CHUNK_LINE.fullmatch(content)
             if match is None:
-                return "Invalid chunk size line"
+                return Refusal(400, "Invalid chunk size line", "smuggling")
             self._left = int(match.group(1), 16)
             self._state = _DATA if self._left else _TRAILER
         elif self._state == _DATA_END:
             if content:
-                return "Chunk data not followed by CRLF"
+                return Refusal(400, "Chunk data not followed by CRLF", "smuggling")
             self._state = _SIZE
         elif not content:  # the empty line that ends the trailer section
             self._state = _DONE
+        else:
+            self._fields_left -= 1
+            if self._fields_left < 0:
+                return Refusal(431, "Too many trailer fields", "too_large")
         return None

@@ -19,6 +19,7 @@ from dualgate.checks import (
 from dualgate.grammar import Headers
 
 HOST: Headers = [(b"host", b"example.com")]
+MAX_FIELDS = 100
 
 
 def head_of(method: bytes, target: bytes, headers: Headers, version: bytes) -> bytes:
@@ -286,8 +287,10 @@ def split_feeds(data: bytes) -> list[list[bytes]]:
     return ways
 
 
-def first_refusal(pieces: Sequence[bytes | bytearray]) -> Refusal | None:
-    framing = ChunkedFraming()
+def first_refusal(
+    pieces: Sequence[bytes | bytearray], max_fields: int = MAX_FIELDS
+) -> Refusal | None:
+    framing = ChunkedFraming(max_fields)
     for piece in pieces:
         refusal = framing.feed(piece)
         if refusal is not None:
@@ -313,7 +316,7 @@ def test_chunked_framing_refuses_in_every_split(body: bytes, message: str) -> No
 def test_chunked_framing_skips_data_by_count() -> None:
     # A megabyte of data in one chunk costs no line scanning: it is skipped by its size.
     size = 1 << 20
-    framing = ChunkedFraming()
+    framing = ChunkedFraming(MAX_FIELDS)
     assert framing.feed(b"%x\r\n" % size) is None
     payload = b"\n" * 4096  # line ends inside data are data
     for _ in range(size // len(payload)):
@@ -322,7 +325,7 @@ def test_chunked_framing_skips_data_by_count() -> None:
 
 
 def test_chunked_framing_ignores_bytes_after_the_body() -> None:
-    framing = ChunkedFraming()
+    framing = ChunkedFraming(MAX_FIELDS)
     assert framing.feed(b"0\r\n\r\n") is None
     assert framing.feed(b"\n\n\nnot a chunk line at all" * 400) is None
 
@@ -424,3 +427,17 @@ def test_upgrade_counts_only_when_connection_lists_the_upgrade_option(connection
     headers = [*HOST, (b"connection", connection + b", Upgrade"), (b"upgrade", b"websocket")]
     framing = check(headers=headers)
     assert type(framing) is Framing and framing.upgrade == b"websocket"
+
+
+def test_chunked_framing_counts_trailer_fields() -> None:
+    def trailers(count: int) -> bytes:
+        return b"0\r\n" + b"".join(b"T%d: v\r\n" % i for i in range(count)) + b"\r\n"
+
+    for pieces in split_feeds(trailers(3)):
+        assert first_refusal(pieces, 3) is None
+    expected = Refusal(431, "Too many trailer fields", "too_large")
+    for pieces in split_feeds(trailers(4)):
+        assert first_refusal(pieces, 3) == expected
+    # Data lines are not trailer fields, however many chunks there are.
+    many_chunks = b"1\r\nx\r\n" * 50 + trailers(3)
+    assert first_refusal([many_chunks], 3) is None

@@ -543,6 +543,24 @@ def test_the_field_limit_is_a_setting() -> None:
 CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
+def trailer_section(count: int) -> bytes:
+    return b"".join(b"T-%d: %d\r\n" % (i, i) for i in range(count)) + b"\r\n"
+
+
+def test_the_field_limit_holds_for_trailers_too() -> None:
+    # A trailer section is parsed by h11 as a head is: thousands of tiny trailer fields would
+    # cost the loop the same milliseconds the header-field limit is there to spare it.
+    accepted = CHUNKED_HEAD + b"3\r\nabc\r\n0\r\n" + trailer_section(MAX_FIELDS)
+    for chunks in [[accepted], *splits(accepted)]:
+        assert run(chunks)[1:] == [("body", b"abc"), ("end",)], chunks
+    refused = CHUNKED_HEAD + b"3\r\nabc\r\n0\r\n" + trailer_section(MAX_FIELDS + 1)
+    assert_refused_every_way(refused, ("refusal", 431, "Too many trailer fields", "too_large"))
+    # The limit is the reader's setting.
+    few = CHUNKED_HEAD + b"0\r\n" + trailer_section(4)
+    assert refusal_of(run([few], reader=new_reader(max_fields=3)))[1] == 431
+    assert run([few], reader=new_reader(max_fields=4))[1:] == [("end",)]
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
