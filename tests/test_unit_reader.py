@@ -731,3 +731,36 @@ def test_take_leftover_hands_over_every_byte_after_an_upgrade_head() -> None:
             driver.feed(chunk, respond=False)
         assert driver.seen[0][1][7] == b"websocket"  # type: ignore[index]
         assert reader.take_leftover() == FRAMES
+
+
+# -- damaged input ---------------------------------------------------------------------------
+
+ALL_CASES = b"".join(data for data, _ in CASES.values())
+
+
+def outline(seen: list[Seen]) -> list[Seen]:
+    """The events without body bytes (a refused body may stop at any byte), refusals by status
+    (h11 or the raw-byte checks may be first to see a fault, with their own message)."""
+    return [item[:2] if item[0] == "refusal" else item for item in seen if item[0] != "body"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_damaged_requests_get_the_same_answer_however_they_arrive(data: st.DataObject) -> None:
+    wire = bytearray(ALL_CASES[: data.draw(st.integers(1, len(ALL_CASES)), label="length")])
+    for _ in range(data.draw(st.integers(0, 5), label="edits")):
+        at = data.draw(st.integers(0, len(wire) - 1))
+        byte = data.draw(st.sampled_from(b'\r\n :;0aA\x00\x7f\t,"=-'))
+        edit = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+        if edit == "replace":
+            wire[at] = byte
+        elif edit == "insert":
+            wire.insert(at, byte)
+        elif len(wire) > 1:
+            del wire[at]
+    damaged = bytes(wire)
+    points = data.draw(st.lists(st.integers(1, max(1, len(damaged) - 1)), max_size=6))
+    eof = data.draw(st.booleans(), label="eof")
+    # Never an exception: whatever the bytes, the reader answers with events.
+    whole = run([damaged], eof=eof)
+    assert outline(run(cut(damaged, points), eof=eof)) == outline(whole)
