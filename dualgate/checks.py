@@ -67,9 +67,14 @@ def oversized_head(head: bytes | bytearray, limit: int) -> Refusal | None:
     return Refusal(431, "Request head too large", "too_large")
 
 
+def _connection_options(connection_values: list[bytes]) -> set[bytes]:
+    """The options the Connection header(s) list: tokens, not substrings (RFC 9110 7.6.1)."""
+    return {token.strip().lower() for value in connection_values for token in value.split(b",")}
+
+
 def wants_keep_alive(http_version: bytes, connection_values: list[bytes]) -> bool:
     """Whether the client's request allows another request on this connection."""
-    tokens = {token.strip().lower() for value in connection_values for token in value.split(b",")}
+    tokens = _connection_options(connection_values)
     if b"close" in tokens:
         return False
     return http_version == b"1.1" or b"keep-alive" in tokens
@@ -137,7 +142,7 @@ def check_request(
     keep_alive = (
         wants_keep_alive(http_version, connection) if connection else (http_version == b"1.1")
     )
-    if upgrade and not any(b"upgrade" in value.lower() for value in connection):
+    if upgrade and b"upgrade" not in _connection_options(connection):
         upgrade = b""  # RFC 9110 section 7.8: Upgrade counts only when Connection lists it
     return Framing(0 if has_chunked else length, has_chunked, keep_alive, upgrade)
 
@@ -189,15 +194,17 @@ class ChunkedFraming:
     h11 reads a chunk line up to CRLF and accepts a bare LF inside a chunk extension, white
     space after the size, up to 20 hex digits, and bare LF in trailers: each a shape where a
     proxy in front may frame the body differently (request smuggling). Data bytes are skipped
-    by count, so only the framing lines cost Python steps.
+    by count, so only the framing lines cost Python steps. h11 parses trailer fields as it
+    parses a head, so they are held to the head's field limit (431) before it sees them.
     """
 
-    __slots__ = ("_left", "_line", "_state")
+    __slots__ = ("_fields_left", "_left", "_line", "_state")
 
-    def __init__(self) -> None:
+    def __init__(self, max_trailer_fields: int) -> None:
         self._state = _SIZE
         self._line = bytearray()
         self._left = 0
+        self._fields_left = max_trailer_fields
 
     def feed(self, data: bytes | bytearray) -> Refusal | None:
         """Check the next raw bytes; a reason to refuse the request, or None."""
@@ -218,26 +225,34 @@ class ChunkedFraming:
                 return None
             self._line += data[position : end + 1]
             position = end + 1
-            problem = self._end_of_line(bytes(self._line))
+            # The limit a partial line is held to above, so a line is refused or not
+            # whatever TCP segments it arrived in.
+            if len(self._line) - 1 > _MAX_CHUNK_LINE:
+                return Refusal(400, "Chunked framing line too long", "smuggling")
+            refusal = self._end_of_line(bytes(self._line))
             self._line.clear()
-            if problem is not None:
-                return Refusal(400, problem, "smuggling")
+            if refusal is not None:
+                return refusal
         return None
 
-    def _end_of_line(self, line: bytes) -> str | None:
+    def _end_of_line(self, line: bytes) -> Refusal | None:
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            return "Bare CR or LF in chunked framing"
+            return Refusal(400, "Bare CR or LF in chunked framing", "smuggling")
         content = line[:-2]
         if self._state == _SIZE:
             match = _CHUNK_LINE.fullmatch(content)
             if match is None:
-                return "Invalid chunk size line"
+                return Refusal(400, "Invalid chunk size line", "smuggling")
             self._left = int(match.group(1), 16)
             self._state = _DATA if self._left else _TRAILER
         elif self._state == _DATA_END:
             if content:
-                return "Chunk data not followed by CRLF"
+                return Refusal(400, "Chunk data not followed by CRLF", "smuggling")
             self._state = _SIZE
         elif not content:  # the empty line that ends the trailer section
             self._state = _DONE
+        else:
+            self._fields_left -= 1
+            if self._fields_left < 0:
+                return Refusal(431, "Too many trailer fields", "too_large")
         return None

@@ -154,7 +154,10 @@ class Config:
         65536, "largest request line plus headers in bytes; larger gets 431", check=_positive
     )
     max_header_fields: int = _setting(
-        100, "most header fields in a request head; more gets 431", check=_positive
+        100,
+        "most header fields in a request head (and trailer fields in a chunked body); more "
+        "gets 431",
+        check=_positive,
     )
     max_body_size: int | None = _setting(
         None, "largest request body in bytes; larger gets 413 (default: no limit)", check=_positive

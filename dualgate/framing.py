@@ -98,10 +98,11 @@ def build_head(
     if head_request or status in (204, 304):
         framing = EMPTY
         if status != 204:
-            # HEAD and 304 carry the framing a GET would have had.
+            # HEAD and 304 carry the framing a GET would have had: never chunked to a HTTP/1.0
+            # client (RFC 9112 section 6.1), whose GET would have been ended by closing.
             if content_length is not None:
                 lines.append(b"content-length: %d\r\n" % content_length)
-            elif chunked:
+            elif chunked and http11:
                 lines.append(b"transfer-encoding: chunked\r\n")
     elif content_length is not None:
         framing = LENGTH

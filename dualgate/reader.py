@@ -3,9 +3,10 @@
 Rules of this file:
 - It owns h11 and every workaround around it, so an h11 upgrade is a review of this one file:
   the raw-head checks h11 does not make (checks.py), the 501 to 400 and 431 to 414 remaps, the
-  header-field count checked on the raw bytes before h11 spends time on them, chunked framing
-  checked on the raw bytes, Content-Length bodies read past h11 (its buffer copies every byte
-  three times), and the bytes after a request carried over to the next one.
+  header-field count checked on the raw bytes before h11 spends time on them (trailer fields
+  too, by ChunkedFraming), chunked framing checked on the raw bytes, Content-Length bodies
+  read past h11 (its buffer copies every byte three times), and the bytes after a request
+  carried over to the next one.
 - One request at a time. Once a request is complete (`END`, or a head without a body), bytes
   that follow are only kept (`PAUSED`) until `start_next()`; nothing after a request is parsed
   before its response is done, so a refused or last ("Connection: close") request is never
@@ -129,7 +130,7 @@ class RequestReader:
 
     def __init__(self, max_head_size: int, max_header_fields: int, max_body_size: int | None):
         self._max_head = max_head_size
-        # Request line + fields + the empty line: the line breaks a head may hold.
+        # Header fields a head (or a chunked body's trailer section) may hold.
         self._max_fields = max_header_fields
         self._max_body = max_body_size
         self._conn = self._parser()
@@ -157,6 +158,8 @@ class RequestReader:
     # -- input --------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        if not data:
+            return  # h11 takes empty bytes for EOF; only feed_eof() means that
         state = self._state
         if state == _HEAD:
             window = self._window
@@ -274,7 +277,7 @@ class RequestReader:
         )
         if framing.chunked:
             # Framing checked on the raw bytes, starting with those h11 already holds.
-            self._chunked = ChunkedFraming()
+            self._chunked = ChunkedFraming(self._max_fields)
             self._refusal = self._chunked.feed(conn.trailing_data[0])
             self._state = _BODY
         elif framing.content_length:
