@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib.util
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -171,6 +172,8 @@ class Watcher:
         watched = set(directories)
         for changes in _watch(directories, self._stop):
             relevant = sorted({path for _change, path in changes if self.wanted(path)})
+            for path in relevant:
+                _forget_bytecode(path)
             if relevant:
                 shown = ", ".join(self._relative(path) for path in relevant[:3])
                 more = f" and {len(relevant) - 3} more" if len(relevant) > 3 else ""
@@ -182,6 +185,14 @@ class Watcher:
                 ):
                     return True
         return False
+
+
+def _forget_bytecode(path: str) -> None:
+    # A .pyc records its source's mtime in whole seconds and its size: an edit within the same
+    # second that keeps the size (VERSION = "1" -> "2") would load the old code from it.
+    if path.endswith(".py"):
+        with contextlib.suppress(OSError, ValueError, NotImplementedError):
+            os.unlink(importlib.util.cache_from_source(path))
 
 
 def _watch(directories: list[str], stop: threading.Event) -> Iterator[set[tuple[Change, str]]]:
