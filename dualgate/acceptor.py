@@ -24,6 +24,7 @@ __all__ = ["Acceptor"]
 # than spin on a socket that stays readable.
 _RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 class Acceptor:
@@ -98,6 +99,11 @@ class Acceptor:
                 self._retry = self._loop.call_later(_RETRY_DELAY, self._after_retry_delay)
                 return
             conn.setblocking(False)
+            if conn.family in _TCP:
+                # asyncio would only when the listener was made with proto IPPROTO_TCP, which
+                # gunicorn's are not; without it a response written in two parts waits for the
+                # client's delayed ACK.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task: asyncio.Task[object] = self._loop.create_task(
                 self._loop.connect_accepted_socket(self._factory, conn)
             )

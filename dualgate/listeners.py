@@ -86,7 +86,9 @@ def _bind_all(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
 
 
 def _bind_tcp(family: int, address: tuple[object, ...], *, reuse_port: bool) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left at 0: asyncio sets TCP_NODELAY on an accepted socket only when
+    # its proto says TCP, and accepted sockets copy the listener's (uvicorn issue #3149).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:

@@ -259,6 +259,7 @@ class Supervisor:
         drains."""
         self.generation += 1
         self.replacing = True
+        self.waiting_for_change = False
         self.failures = 0
         self.next_start = 0.0
         systemd.notify(systemd.reloading_message())
