@@ -31,6 +31,7 @@ class Listeners:
     unix_path: str | None = None
 
     def close(self) -> None:
+        """Close this process's handles (idempotent); workers may still hold theirs."""
         for sock in self.shared + self.reserved:
             sock.close()
         if self.unix_path is not None and _is_socket(self.unix_path):

@@ -35,8 +35,9 @@ __all__ = ["Server", "ServerHooks", "run"]
 
 _SHUTDOWN_POLL = 0.05
 # On a graceful stop, a connection accepted this recently on which nothing has arrived yet gets
-# until then to send its request, rather than being closed as idle: unlike an idle keep-alive
-# connection, its client has had no chance to use it, and would see it fail.
+# until then to send its request, which is served, rather than being closed as idle (or its
+# request refused with a 503): unlike an idle keep-alive connection, its client has had no
+# chance to use it.
 _FIRST_REQUEST_GRACE = 1.0
 
 
@@ -299,8 +300,6 @@ class Server:
 
     async def _graceful_stop(self) -> None:
         state = self.state
-        if state is not None:
-            state.shutting_down = True
         if self.hooks.on_stop is not None:
             self.hooks.on_stop()
         for listener in self._listeners:
@@ -308,7 +307,14 @@ class Server:
         for acceptor in self._acceptors:
             await acceptor.close()
         if state is not None:
-            self._close_idle(state, asyncio.get_running_loop().time())
+            for connection in list(state.connections):
+                if connection not in self._fresh:
+                    connection.shutdown()  # closes it if idle
+            # Before the server says it is stopping, which refuses a request that begins now.
+            await self._let_fresh_connections_begin(state)
+            state.shutting_down = True
+            for connection in list(state.connections):
+                connection.shutdown()
             if state.connections and not self._force:
                 error_logger.info(
                     "Waiting up to %gs for %d connection(s) to finish",
@@ -319,18 +325,20 @@ class Server:
             deadline = loop.time() + self.config.timeout_graceful_shutdown
             while state.connections and not self._force and loop.time() < deadline:
                 await asyncio.sleep(_SHUTDOWN_POLL)
-                self._close_idle(state, loop.time())
             for connection in list(state.connections):
                 connection.force_close()
         await self._cleanup()
         error_logger.info("Stopped")
 
-    def _close_idle(self, state: ServerState, now: float) -> None:
-        """Close idle connections, except fresh ones still within their first-request grace."""
-        for connection in list(state.connections):
-            accepted = self._fresh.get(connection)
-            if self._force or accepted is None or now - accepted >= _FIRST_REQUEST_GRACE:
-                connection.shutdown()
+    async def _let_fresh_connections_begin(self, state: ServerState) -> None:
+        """Wait (a moment at most) for the first request of connections accepted just now."""
+        loop = asyncio.get_running_loop()
+        while not self._force and any(
+            loop.time() - accepted < _FIRST_REQUEST_GRACE
+            for connection in state.connections
+            if (accepted := self._fresh.get(connection)) is not None
+        ):
+            await asyncio.sleep(_SHUTDOWN_POLL)
 
     async def _cleanup(self) -> None:
         lifespans, self._lifespans = self._lifespans, []

@@ -240,6 +240,11 @@ class Supervisor:
         error_logger.info("%s: stopping %d worker(s) gracefully", why, len(self.workers))
         systemd.notify("STOPPING=1")
         self.stopping = True
+        # The workers close theirs as they start draining: once all are closed, a new
+        # connection is refused at once (and can be retried elsewhere) instead of waiting in a
+        # queue nobody will accept from until the supervisor exits.
+        if self._listeners is not None:
+            self._listeners.close()
         now = time.monotonic()
         for worker in self.workers.values():
             self._drain(worker, now)
