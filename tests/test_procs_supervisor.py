@@ -105,6 +105,29 @@ def test_sighup_replaces_workers_under_load_with_no_failed_request(tmp_path: Pat
         assert {a.version for _, a in load.answers} == {"1", "2"}
 
 
+def test_sighup_with_code_that_cannot_start_keeps_the_old_workers(tmp_path: Path) -> None:
+    write_app(tmp_path, version="1")
+    args = ("pidapp:application", "--port", "0", "--workers", "2")
+    with supervised(tmp_path, *args) as server:
+        port = server.port()
+        server.wait_for("2 worker\\(s\\) ready")
+        old = server.children()
+        (tmp_path / "pidapp.py").write_text("raise RuntimeError('bad deploy')\n")
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for("Replacement abandoned", after=mark, timeout=30)
+        assert server.process.poll() is None
+        assert server.children() == old
+        assert {answer(port).version for _ in range(4)} == {"1"}
+        # The next good deploy goes through.
+        write_app(tmp_path, version="2")
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for("Replacement done", after=mark)
+        wait_until(lambda: not server.children() & old, 10, "the old workers gone")
+        assert answer(port).version == "2"
+
+
 def test_crash_looping_app_gives_up_with_its_own_exit_code(tmp_path: Path) -> None:
     (tmp_path / "crash.py").write_text("raise RuntimeError('no database')\n")
     bound = sum(backoff(n) for n in range(1, MAX_FAILED_STARTS)) + MAX_FAILED_STARTS * 2.0
