@@ -149,7 +149,8 @@ def test_crash_looping_app_gives_up_with_its_own_exit_code(tmp_path: Path) -> No
     assert not process.children()
 
 
-def test_sigterm_under_load_lets_every_in_flight_request_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_lets_every_in_flight_request_finish(tmp_path: Path, signum: int) -> None:
     write_app(tmp_path)
     args = ("pidapp:application", "--port", "0", "--workers", "2")
     server = Process(dualgate_argv(*args), tmp_path)
@@ -169,7 +170,7 @@ def test_sigterm_under_load_lets_every_in_flight_request_finish(tmp_path: Path) 
         for client in clients:
             client.start()
         wait_until(lambda: server.stderr.count("sleeping in") >= 4, 10, "4 requests in flight")
-        server.signal(signal.SIGTERM)
+        server.signal(signum)
         for client in clients:
             client.join(SOCKET_TIMEOUT)
         assert server.wait() == 0, server.stderr
@@ -177,7 +178,28 @@ def test_sigterm_under_load_lets_every_in_flight_request_finish(tmp_path: Path) 
         server.stop()
     assert errors == []
     assert results == [b"HTTP/1.1 200 OK"] * 4
-    assert "SIGTERM received: stopping 2 worker(s) gracefully" in server.stderr
+    name = signal.Signals(signum).name
+    assert f"{name} received: stopping 2 worker(s) gracefully" in server.stderr
+
+
+def test_a_second_stop_signal_closes_everything_at_once(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    server = Process(dualgate_argv("pidapp:application", "--port", "0", "--workers", "1"), tmp_path)
+    try:
+        port = server.port()
+        server.wait_for("1 worker\\(s\\) ready")
+        with socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT) as slow:
+            slow.sendall(b"GET /sleep/20 HTTP/1.1\r\nHost: x\r\n\r\n")
+            server.wait_for("sleeping in")
+            server.signal(signal.SIGTERM)
+            server.wait_for("stopping 1 worker")
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            assert server.wait() == 0, server.stderr
+            assert time.monotonic() - started < 10
+            assert Reader(slow).read_until_closed() == b""
+    finally:
+        server.stop()
 
 
 def test_sigttin_and_sigttou_add_and_remove_a_worker(tmp_path: Path) -> None:
