@@ -129,6 +129,11 @@ class Harness:
         self.runner = LoadRunner(
             "wrk" if tool == "wrk" else "builtin", self.cores.load, ROOT, self.env
         )
+        # For scenarios with several worker processes: a 2-CPU machine cannot give each worker
+        # a core and the load generator another, so every process shares every CPU.
+        self.unpinned_runner = LoadRunner(
+            "wrk" if tool == "wrk" else "builtin", None, ROOT, self.env
+        )
         self.options = Options(args.threads, self.workdir, self.stream_bytes)
         self.state = State()
 
@@ -203,12 +208,12 @@ class Harness:
             say("    skipped: failed to start in an earlier round")
             return
         port = procs.free_port()
-        argv = server.build(step.app, port, self.options)
+        options = dataclasses.replace(self.options, processes=scenario.processes)
+        argv = server.build(step.app, port, options)
         log_path = self.workdir / f"{server.name}-{scenario.name}-{step.round}.log"
+        cpus = self.cores.server if scenario.processes == 1 else None
         with log_path.open("wb") as log:
-            proc = procs.spawn(
-                argv, cpus=self.cores.server, env=self.env, cwd=ROOT, stdout=log, stderr=log
-            )
+            proc = procs.spawn(argv, cpus=cpus, env=self.env, cwd=ROOT, stdout=log, stderr=log)
         try:
             why = procs.wait_ready(proc, port, READY_DEADLINE)
             if why is not None:
@@ -247,12 +252,11 @@ class Harness:
     def drive(self, step: Step, port: int) -> None:
         scenario = step.scenario
         if scenario.kind == "http":
+            runner = self.runner if scenario.processes == 1 else self.unpinned_runner
             if self.args.warmup > 0:
-                self.runner.http(port, scenario.path, Load("warmup", 10, False), self.args.warmup)
+                runner.http(port, scenario.path, Load("warmup", 10, False), self.args.warmup)
             for load in HTTP_LOADS:
-                self.record(
-                    step, load.name, self.runner.http(port, scenario.path, load, self.duration)
-                )
+                self.record(step, load.name, runner.http(port, scenario.path, load, self.duration))
             return
         mode: Literal["download", "upload"] = "upload"
         if scenario.kind == "download":

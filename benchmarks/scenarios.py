@@ -18,6 +18,9 @@ class Scenario:
     adapters: bool  # also served through the WSGI-to-ASGI adapters under one ASGI server
     about: str
     path: str = "/"
+    # Worker processes per server. Above 1, only servers that can run several serve it (and
+    # the baseline), and neither they nor the load generator are pinned to a core.
+    processes: int = 1
 
 
 SCENARIOS = (
@@ -75,6 +78,29 @@ SCENARIOS = (
         quick=False,
         adapters=True,
         about="a 200 MiB request body read from wsgi.input in 64 KiB pieces: input streaming",
+    ),
+    Scenario(
+        "workers",
+        "http",
+        "benchmarks.apps.hello:application",
+        None,
+        quick=False,
+        adapters=False,
+        about="the hello app from 2 worker processes per server (dualgate --workers 2, gunicorn "
+        "-w 2 gthread, uvicorn --workers 2), every process and the load generator sharing both "
+        "CPUs unpinned; wsgiref stays one process",
+        processes=2,
+    ),
+    Scenario(
+        "workers-asgi",
+        "http",
+        "benchmarks.apps.hello:application",
+        "benchmarks.apps.asgi_hello:app",
+        quick=False,
+        adapters=False,
+        about="the ASGI hello from 2 worker processes per server (dualgate --workers 2, uvicorn "
+        "--workers 2), unpinned as `workers`",
+        processes=2,
     ),
     Scenario(
         "floor",

@@ -34,6 +34,7 @@ class Options:
     threads: int | None  # None: each server's own default
     workdir: Path  # where a launcher may write a config file
     stream_bytes: int
+    processes: int = 1  # worker processes, for servers that are `multi`
 
 
 Build = Callable[[AppRef, int, Options], list[str]]
@@ -49,10 +50,13 @@ class Server:
     baseline: bool = False
     adapter: str = ""  # for adapter servers: the prefix of the attribute in apps.adapters
     probe: Callable[[], str | None] | None = None  # extra availability check: why not, or None
+    multi: bool = False  # serves the scenarios with several worker processes
 
     def app_for(self, scenario: Scenario) -> AppRef | None:
         """What this server serves for a scenario, or None when the scenario is not for it."""
         if scenario.wsgi is None:
+            return None
+        if scenario.processes > 1 and not (self.multi or self.baseline):
             return None
         if self.baseline:
             return AppRef(scenario.wsgi, "wsgi")
@@ -110,6 +114,8 @@ def _dualgate(loop: str) -> Build:
             argv += ["--loop", loop]
         if opts.threads is not None:
             argv += ["--threads", str(opts.threads)]
+        if opts.processes > 1:
+            argv += ["--workers", str(opts.processes)]
         return argv
 
     return build
@@ -128,8 +134,8 @@ def _waitress(app: AppRef, port: int, opts: Options) -> list[str]:
 def _gunicorn(worker: str) -> Build:
     def build(app: AppRef, port: int, opts: Options) -> list[str]:
         # One worker process: every server gets the same single core, where more processes
-        # would only add context switches.
-        argv = [PY, "-m", "gunicorn", "--workers=1", f"--worker-class={worker}"]
+        # would only add context switches. Scenarios with several processes say how many.
+        argv = [PY, "-m", "gunicorn", f"--workers={opts.processes}", f"--worker-class={worker}"]
         argv += [f"--bind={LOOPBACK}:{port}", "--log-level=warning"]
         if worker == "gthread":
             argv.append(f"--threads={opts.threads or 4}")
@@ -141,6 +147,8 @@ def _gunicorn(worker: str) -> Build:
 def _uvicorn(app: AppRef, port: int, opts: Options) -> list[str]:
     argv = [PY, "-m", "uvicorn", app.target, "--host", LOOPBACK, "--port", str(port)]
     argv += ["--http", "h11", "--loop", "asyncio", "--no-access-log", "--log-level", "warning"]
+    if opts.processes > 1:
+        argv += ["--workers", str(opts.processes)]
     if app.interface == "wsgi":
         return [*argv, "--interface", "wsgi", "--lifespan", "off"]
     return [*argv, "--interface", "asgi3"]
@@ -189,6 +197,7 @@ SERVERS = (
         _dualgate("asyncio"),
         "dualgate with the stdlib asyncio loop",
         probe=_probe_dualgate,
+        multi=True,
     ),
     Server(
         "dualgate-uvloop",
@@ -197,6 +206,7 @@ SERVERS = (
         _dualgate("uvloop"),
         "dualgate with uvloop",
         probe=_probe_dualgate_uvloop,
+        multi=True,
     ),
     Server(
         "waitress",
@@ -218,6 +228,7 @@ SERVERS = (
         ("gunicorn",),
         _gunicorn("gthread"),
         "gunicorn, one gthread worker with 4 threads unless --threads",
+        multi=True,
     ),
     Server(
         "uvicorn",
@@ -225,6 +236,7 @@ SERVERS = (
         ("uvicorn", "h11"),
         _uvicorn,
         "uvicorn --http h11 --loop asyncio; WSGI apps through its --interface wsgi",
+        multi=True,
     ),
     Server(
         "hypercorn",

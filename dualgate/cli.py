@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from dualgate import __version__
-from dualgate.asgi import LifespanFailure
-from dualgate.config import AppLoadError, Config, ConfigError
-from dualgate.server import Server
+from dualgate.config import Config
+from dualgate.launch import exit_code_for, report, serve_config
 
 __all__ = ["main"]
 
@@ -76,22 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     args.pop("command")
-    if "mount" in args:
-        args["mount"] = tuple(args["mount"])
+    for name, value in args.items():
+        if isinstance(value, list):  # repeatable flags: Config keeps tuples
+            args[name] = tuple(value)
     try:
-        server = Server(Config(**args))
-        return server.run()
-    except (ConfigError, AppLoadError) as exc:
-        print(f"dualgate: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
-    except LifespanFailure as exc:
-        print(f"dualgate: error: {exc}", file=sys.stderr)
-        return 3
-    except OSError as exc:
-        print(f"dualgate: error: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return serve_config(Config(**args))
     except KeyboardInterrupt:
         return 0
+    except Exception as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        report(exc)
+        return code
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ Interface = Literal["auto", "asgi", "wsgi"]
 Lifespan = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+StartMethod = Literal["fork", "spawn"]
 
 
 class ConfigError(ValueError):
@@ -174,6 +175,46 @@ class Config:
     access_log: bool = _setting(True, "log one line per response to dualgate.access")
     server_header: bool = _setting(True, "send a Server header")
     date_header: bool = _setting(True, "send a Date header")
+    # -- processes: supervisor and workers, restarts, reload (supervisor.py, reload.py) ------
+    workers: int | None = _setting(
+        None,
+        "serve from this many worker processes under a supervisor (default: one process, "
+        "no supervisor)",
+        check=_positive,
+    )
+    reuse_port: bool = _setting(
+        False, "with --workers: each worker binds its own SO_REUSEPORT socket (TCP only)"
+    )
+    start_method: StartMethod = _setting(
+        "fork", "how worker processes start: fork (fast) or spawn (a fresh interpreter)"
+    )
+    timeout_worker_healthcheck: float = _setting(
+        60.0,
+        "seconds a worker may take to start, or its event loop may go without a heartbeat, "
+        "before the supervisor replaces it",
+        check=_positive,
+    )
+    limit_max_requests: int | None = _setting(
+        None, "a worker is replaced after serving this many requests", check=_positive
+    )
+    limit_max_requests_jitter: int = _setting(
+        0,
+        "add a random 0..N to each worker's --limit-max-requests, so they do not all restart "
+        "at once",
+        check=_non_negative,
+    )
+    reload: bool = _setting(
+        False, "development: restart the workers when a watched file changes (needs watchfiles)"
+    )
+    reload_dir: tuple[str, ...] = _setting(
+        (), "directory watched by --reload (default: the current one); repeatable", metavar="DIR"
+    )
+    reload_include: tuple[str, ...] = _setting(
+        (), "file pattern --reload watches (default: *.py); repeatable", metavar="GLOB"
+    )
+    reload_exclude: tuple[str, ...] = _setting(
+        (), "file or directory pattern --reload ignores; repeatable", metavar="GLOB"
+    )
 
     # -- at the edge: proxy headers, PROXY protocol, TLS (proxy_headers.py, proxy_protocol.py,
     #    tls.py); README "Behind a proxy" and "TLS" tell the rules.
@@ -227,6 +268,18 @@ class Config:
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError("--root-path must start with / and not end with /")
         self._check_tls()
+        self._check_processes()
+
+    def _check_processes(self) -> None:
+        if self.reuse_port and (self.uds is not None or self.fd is not None):
+            raise ConfigError("--reuse-port binds host and port itself; not with --uds or --fd")
+        if self.start_method == "spawn" and self.app is not None and not isinstance(self.app, str):
+            raise ConfigError(
+                "--start-method spawn imports the application in each worker: give it as "
+                "MODULE:ATTR, not as an object"
+            )
+        if self.reload and self.app is not None and not isinstance(self.app, str):
+            raise ConfigError("--reload re-imports the application: give it as MODULE:ATTR")
 
     def _check_tls(self) -> None:
         tls_only = {

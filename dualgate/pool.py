@@ -41,6 +41,10 @@ class WorkerPool:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._free = size
+        # Told True when the last free thread is taken and False when one frees again (on the
+        # loop, under the pool's lock: it must not call back into the pool). A worker process
+        # stops accepting in between (server.py, ServerHooks.pause_when_busy).
+        self.on_full: Callable[[bool], None] | None = None
         # Jobs waiting for a thread: (job, on_refused, deadline), oldest first.
         self._waiting: deque[tuple[Job, Callable[[], None], float]] = deque()
         self._expiry: asyncio.TimerHandle | None = None
@@ -69,6 +73,8 @@ class WorkerPool:
             if self._free > 0:
                 self._free -= 1
                 self._jobs.put(job)
+                if self._free == 0 and self.on_full is not None:
+                    self.on_full(True)
                 return
             if wait > 0:
                 deadline = loop.time() + wait
@@ -101,6 +107,8 @@ class WorkerPool:
                 self._jobs.put(self._waiting.popleft()[0])
             else:
                 self._free += 1
+                if self._free == 1 and self.on_full is not None:
+                    self.on_full(False)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop the threads once their jobs end, waiting at most `timeout` seconds in all."""

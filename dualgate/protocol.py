@@ -28,6 +28,10 @@ __all__ = ["HTTPProtocol"]
 
 _IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
 
+# On a graceful stop, a connection accepted this recently that has not had a request yet gets
+# until then to send one, which is served: unlike an idle keep-alive connection, its client has
+# had no chance to use it (a rolling restart would otherwise refuse requests).
+_FIRST_REQUEST_GRACE = 1.0
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
@@ -49,6 +53,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
         self._over_limit = False
+        self._served = False  # a request has reached the handler on this connection
+        self._accepted_at = 0.0
         self._drained = 0
         self._in_events = False
 
@@ -76,6 +82,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._over_limit = len(self.state.connections) >= config.limit_concurrency
         self.state.connections.add(self)
         self.flow.arm(Deadline.KEEP_ALIVE, config.timeout_keep_alive)
+        self._accepted_at = self.flow.deadline - config.timeout_keep_alive
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.phase is _UPGRADED:
@@ -143,11 +150,12 @@ class HTTPProtocol(asyncio.Protocol):
             self._in_events = False
 
     def _on_request(self, request: Request) -> None:
-        if self._over_limit or self.state.shutting_down:
+        if self._over_limit or (self.state.shutting_down and self._served):
             self.cycle = RequestCycle(self, request)
             self._refuse(Refusal(503, "Server busy, retry later", "busy"), retry_after=True)
             return
         self.cycle = cycle = RequestCycle(self, request)
+        self._served = True
         if request.has_body:
             self._move(_BODY)
             self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
@@ -307,9 +315,16 @@ class HTTPProtocol(asyncio.Protocol):
             self.force_close()
 
     def shutdown(self) -> None:
-        """Graceful stop: close when idle; a request in flight finishes first."""
-        if self.cycle is None or self.cycle.complete:
-            self.close()
+        """Graceful stop: close when idle; a request in flight finishes first, and so does the
+        first request of a connection accepted just now."""
+        if self.cycle is not None and not self.cycle.complete:
+            return  # its response says "Connection: close" and closes after it
+        grace = self._accepted_at + _FIRST_REQUEST_GRACE - self.loop.time()
+        if not self._served and grace > 0 and self.phase in (_IDLE, _HEAD):
+            if self.phase is _IDLE:
+                self.flow.arm(Deadline.KEEP_ALIVE, grace)
+            return
+        self.close()
 
     def close(self) -> None:
         if self.phase is _CLOSED or self.phase is _UPGRADED:

@@ -4,6 +4,10 @@ The server owns everything that lives as long as it does: the listening sockets,
 connections (through ServerState), the worker pool, the once-a-second Date header, and the
 signal handlers. `started` tells an embedding program (or a test) when the sockets are bound and
 which address they got; `shutdown()` asks for a graceful stop from any thread.
+
+A process manager (supervisor.py's workers, the gunicorn worker class, systemd) hands the server
+already-bound `sockets` and `ServerHooks`: callbacks on the loop for readiness, a heartbeat,
+each request and the start of a stop, and which signals stop the server.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from dualgate.acceptor import Acceptor
 from dualgate.asgi import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app
+from dualgate.cycle import RequestCycle
 from dualgate.logs import configure_logging, error_logger
 from dualgate.mounts import MountRouter
 from dualgate.pool import WorkerPool
@@ -26,14 +33,49 @@ from dualgate.protocol import HTTPProtocol
 from dualgate.state import RequestHandler, ServerState
 from dualgate.workers import WSGIHandler
 
-__all__ = ["Server", "run"]
+__all__ = ["Server", "ServerHooks", "run"]
 
 _SHUTDOWN_POLL = 0.05
 
 
+@dataclass
+class ServerHooks:
+    """What a process manager asks of a server. Every callback runs on the server's loop."""
+
+    # The application is loaded, ASGI lifespan start-up has finished, the sockets serve.
+    on_ready: Callable[[], None] | None = None
+    # A graceful stop has begun.
+    on_stop: Callable[[], None] | None = None
+    # Called every `heartbeat_interval` seconds by the loop itself, so a blocked loop goes quiet.
+    heartbeat: Callable[[], None] | None = None
+    heartbeat_interval: float = 1.0
+    # Called with each request before the application sees it; False means the hook has
+    # answered the request itself (a refusal) and the application is not called.
+    on_request: Callable[[RequestCycle], bool] | None = None
+    # Stop accepting while every WSGI thread is busy, so a sibling process sharing the socket
+    # takes the connection instead of it queueing here.
+    pause_when_busy: bool = False
+    # wsgi.multiprocess: other processes serve the same application at the same time.
+    multiprocess: bool = False
+    # The first of these stops gracefully and a second one forces; `force_signals` force at once.
+    graceful_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    force_signals: tuple[int, ...] = ()
+    # Told of each of those signals before the server acts on it.
+    on_signal: Callable[[int], None] | None = None
+
+
 class Server:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sockets: Sequence[socket.socket] = (),
+        hooks: ServerHooks | None = None,
+    ) -> None:
         self.config = config
+        # Listening sockets bound by someone else; when given, host/port/uds/fd are not used.
+        self.sockets = list(sockets)
+        self.hooks = hooks if hooks is not None else ServerHooks()
         self.started = threading.Event()
         self.addresses: list[Any] = []
         self.startup_error: BaseException | None = None
@@ -42,6 +84,8 @@ class Server:
         self._force = False
         self._stop_requested = False
         self._listeners: list[asyncio.Server] = []
+        self._acceptors: list[Acceptor] = []
+        # Connections nothing has arrived on yet, and when they were accepted.
         self._pool: WorkerPool | None = None
         self._lifespans: list[Lifespan] = []
         self.state: ServerState | None = None
@@ -79,6 +123,10 @@ class Server:
             raise
         self.started.set()
         self._install_signal_handlers(loop)
+        if self.hooks.heartbeat is not None:
+            self._beat(loop, self.hooks.heartbeat, self.hooks.heartbeat_interval)
+        if self.hooks.on_ready is not None:
+            self.hooks.on_ready()
         try:
             await self._stop.wait()
         finally:
@@ -98,12 +146,17 @@ class Server:
     async def _startup(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
         handler, description = await self._build_handler(loop)
+        if self.hooks.on_request is not None:
+            handler = _counted(handler, self.hooks.on_request)
         self.state = state = ServerState(config, handler)
 
         def protocol_factory() -> HTTPProtocol:
             return HTTPProtocol(state, loop)
 
-        if config.uds is not None:
+        if self.sockets:
+            await self._serve_sockets(loop, protocol_factory)
+            listener = None
+        elif config.uds is not None:
             if os.path.exists(config.uds) and _is_socket(config.uds):
                 os.unlink(config.uds)
             listener = await loop.create_unix_server(
@@ -127,12 +180,47 @@ class Server:
                 backlog=config.backlog,
                 reuse_address=True,
             )
-        self._listeners.append(listener)
-        self.addresses = [sock.getsockname() for sock in listener.sockets]
+        if listener is not None:
+            self._listeners.append(listener)
+            self.addresses = [sock.getsockname() for sock in listener.sockets]
         self._tick_date(loop)
         self._sweep_deadlines(loop, _sweep_interval(config))
         for address in self.addresses:
             error_logger.info("Serving %s on %s", description, _format_address(address))
+
+    async def _serve_sockets(
+        self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], HTTPProtocol]
+    ) -> None:
+        for sock in self.sockets:
+            if self.hooks.pause_when_busy:
+                # One connection per wake-up: every worker sharing the socket is woken by a new
+                # connection, and one that took the whole queue at once took 99 of 100
+                # connections opened together (one at a time: about 35 and 65).
+                acceptor = Acceptor(loop, sock, protocol_factory, batch=1)
+                acceptor.start()
+                self._acceptors.append(acceptor)
+            elif sock.family == socket.AF_UNIX:
+                self._listeners.append(
+                    await loop.create_unix_server(
+                        protocol_factory, sock=sock, backlog=self.config.backlog
+                    )
+                )
+            else:
+                self._listeners.append(
+                    await loop.create_server(
+                        protocol_factory, sock=sock, backlog=self.config.backlog
+                    )
+                )
+        self.addresses = [sock.getsockname() for sock in self.sockets]
+
+    def _on_pool_full(self, full: bool) -> None:
+        if self.state is not None and self.state.shutting_down:
+            return
+        for acceptor in self._acceptors:
+            if full:
+                acceptor.pause()
+            else:
+                acceptor.resume()
 
     async def _build_handler(self, loop: asyncio.AbstractEventLoop) -> tuple[RequestHandler, str]:
         config = self.config
@@ -162,6 +250,8 @@ class Server:
         if loaded.interface == "wsgi":
             if self._pool is None:
                 self._pool = WorkerPool(config.threads)
+                if self.hooks.pause_when_busy:
+                    self._pool.on_full = self._on_pool_full
             return WSGIHandler(
                 loaded.app,
                 self._pool,
@@ -169,6 +259,7 @@ class Server:
                 root_path=root_path,
                 high_water=config.body_buffer_size,
                 worker_wait=config.timeout_worker,
+                multiprocess=self.hooks.multiprocess,
             )
         lifespan = None
         if config.lifespan != "off":
@@ -186,6 +277,12 @@ class Server:
             connection.check_deadline(now)
         loop.call_later(interval, self._sweep_deadlines, loop, interval)
 
+    def _beat(
+        self, loop: asyncio.AbstractEventLoop, heartbeat: Callable[[], None], interval: float
+    ) -> None:
+        heartbeat()
+        loop.call_later(interval, self._beat, loop, heartbeat, interval)
+
     def _tick_date(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.state is not None and not self.state.shutting_down:
             self.state.update_date()
@@ -195,11 +292,14 @@ class Server:
 
     async def _graceful_stop(self) -> None:
         state = self.state
-        if state is not None:
-            state.shutting_down = True
+        if self.hooks.on_stop is not None:
+            self.hooks.on_stop()
         for listener in self._listeners:
             listener.close()
+        for acceptor in self._acceptors:
+            await acceptor.close()
         if state is not None:
+            state.shutting_down = True
             for connection in list(state.connections):
                 connection.shutdown()
             if state.connections and not self._force:
@@ -224,8 +324,12 @@ class Server:
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
+        for acceptor in self._acceptors:
+            await acceptor.close()
+        self._acceptors.clear()
         if (
-            self.config.uds is not None
+            not self.sockets
+            and self.config.uds is not None
             and os.path.exists(self.config.uds)
             and _is_socket(self.config.uds)
         ):
@@ -238,24 +342,43 @@ class Server:
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in self.hooks.graceful_signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._on_signal, signum)
+        for signum in self.hooks.force_signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._on_force_signal, signum)
 
     def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (*self.hooks.graceful_signals, *self.hooks.force_signals):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
 
     def _on_signal(self, signum: int) -> None:
+        if self.hooks.on_signal is not None:
+            self.hooks.on_signal(signum)
         if self._stop is not None and self._stop.is_set():
             error_logger.info("Second %s: closing all connections now", signal.Signals(signum).name)
             self._force = True
             return
         error_logger.info("%s received: shutting down gracefully", signal.Signals(signum).name)
         self.shutdown()
+
+    def _on_force_signal(self, signum: int) -> None:
+        if self.hooks.on_signal is not None:
+            self.hooks.on_signal(signum)
+        error_logger.info("%s received: closing all connections now", signal.Signals(signum).name)
+        self.shutdown(force=True)
+
+
+def _counted(handler: RequestHandler, on_request: Callable[[RequestCycle], bool]) -> RequestHandler:
+    def counted(cycle: RequestCycle) -> None:
+        if on_request(cycle):
+            handler(cycle)
+
+    return counted
 
 
 def _sweep_interval(config: Config) -> float:
@@ -293,5 +416,10 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def run(app: str | Callable[..., Any], **options: Any) -> int:
-    """Serve `app` (a callable or "module:attr") with the given Config options until stopped."""
-    return Server(Config(app=app, **options)).run()
+    """Serve `app` (a callable or "module:attr") with the given Config options until stopped.
+
+    With `workers` or `reload`, a supervisor runs the server in worker processes.
+    """
+    from dualgate.launch import serve_config
+
+    return serve_config(Config(app=app, **options))

@@ -263,8 +263,10 @@ class WSGIHandler:
         root_path: str,
         high_water: int,
         worker_wait: float,
+        multiprocess: bool = False,
     ) -> None:
         self.app = app
+        self.multiprocess = multiprocess
         self.pool = pool
         self.loop = loop
         self.root_path = root_path
@@ -319,6 +321,7 @@ class WSGIHandler:
             client=cycle.client,
             server=cycle.server,
             body=source,
+            multiprocess=self.multiprocess,
         )
 
 

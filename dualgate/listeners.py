@@ -1,0 +1,124 @@
+"""The listening sockets of a supervisor and its workers, bound once before any worker starts.
+
+Where they come from, first match wins: systemd socket activation (LISTEN_FDS), `--fd`,
+`--uds`, or `--host`/`--port` (every address the name resolves to, as asyncio's create_server
+binds them). With `--reuse-port` the supervisor only reserves the port (bound, never listening,
+so the kernel hands it no connection) and each worker binds and listens on its own socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from dualgate.config import Config, ConfigError
+from dualgate.systemd import listen_sockets
+
+__all__ = ["Listeners", "bind_reuse_port", "open_listeners"]
+
+
+@dataclass
+class Listeners:
+    # Shared by every worker (empty with --reuse-port).
+    shared: list[socket.socket]
+    # With --reuse-port: the addresses each worker binds for itself, and the supervisor's
+    # non-listening sockets that keep those ports reserved.
+    reuse_port: list[tuple[int, tuple[object, ...]]]
+    reserved: list[socket.socket]
+    # A unix socket path this process created, removed when the supervisor stops.
+    unix_path: str | None = None
+
+    def close(self) -> None:
+        """Close this process's handles (idempotent); workers may still hold theirs."""
+        for sock in self.shared + self.reserved:
+            sock.close()
+        if self.unix_path is not None and _is_socket(self.unix_path):
+            os.unlink(self.unix_path)
+            self.unix_path = None
+
+
+def open_listeners(config: Config) -> Listeners:
+    activated = listen_sockets()
+    if activated:
+        if config.reuse_port:
+            raise ConfigError("--reuse-port cannot be used with sockets passed by systemd")
+        return Listeners(activated, [], [])
+    if config.fd is not None:
+        return Listeners([socket.socket(fileno=config.fd)], [], [])
+    if config.uds is not None:
+        return Listeners([_bind_unix(config.uds, config.backlog)], [], [], config.uds)
+    if config.reuse_port:
+        reserved = _bind_all(config.host, config.port, reuse_port=True)
+        # Port 0 is resolved once, here: every worker binds the port the supervisor got.
+        addresses = [(int(sock.family), tuple(sock.getsockname())) for sock in reserved]
+        return Listeners([], addresses, reserved)
+    shared = _bind_all(config.host, config.port, reuse_port=False)
+    for sock in shared:
+        sock.listen(config.backlog)
+    return Listeners(shared, [], [])
+
+
+def bind_reuse_port(family: int, address: tuple[object, ...], backlog: int) -> socket.socket:
+    """A worker's own listening socket on an address the supervisor reserved."""
+    sock = _bind_tcp(family, address, reuse_port=True)
+    sock.listen(backlog)
+    return sock
+
+
+def _bind_all(host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+    bound: list[socket.socket] = []
+    try:
+        for family, _type, _proto, _name, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            if bound and port == 0:
+                # Several addresses (localhost: ::1 and 127.0.0.1) share the port the first got.
+                address = (address[0], bound[0].getsockname()[1], *address[2:])
+            if any(sock.getsockname() == address for sock in bound):
+                continue
+            bound.append(_bind_tcp(family, tuple(address), reuse_port=reuse_port))
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _bind_tcp(family: int, address: tuple[object, ...], *, reuse_port: bool) -> socket.socket:
+    # IPPROTO_TCP named, not left at 0: asyncio sets TCP_NODELAY on an accepted socket only when
+    # its proto says TCP, and accepted sockets copy the listener's (uvicorn issue #3149).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # As asyncio does: an IPv6 socket does not also take the IPv4 addresses.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(path: str, backlog: int) -> socket.socket:
+    if os.path.exists(path) and _is_socket(path):
+        os.unlink(path)  # a stale socket file from a previous run, as the one-process server
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False

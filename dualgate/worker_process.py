@@ -1,0 +1,207 @@
+"""One worker process under the supervisor: started by fork or spawn, serves until told to stop.
+
+The worker talks to its supervisor over one pipe, one byte per message: READY once the
+application is loaded and ASGI lifespan start-up is done, BEAT from its event loop every
+heartbeat interval (a blocked loop goes quiet, which a side thread would hide), RETIRING when
+--limit-max-requests is reached. A write that fails with a broken pipe means the supervisor is
+gone, and the worker stops gracefully rather than serving on as an orphan.
+
+Signals: SIGTERM stops gracefully (a second one forces); SIGINT is ignored, because Ctrl-C in a
+terminal reaches every process of the group and the supervisor decides what it means;
+SIGUSR1 writes every thread's traceback to stderr, which the supervisor asks for before it kills
+a worker whose loop stopped answering.
+"""
+
+from __future__ import annotations
+
+import base64
+import faulthandler
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dualgate.config import Config
+from dualgate.cycle import RequestCycle
+from dualgate.launch import EXIT_APP_LOAD, report, run_server
+from dualgate.listeners import bind_reuse_port
+from dualgate.logs import configure_logging, error_logger
+from dualgate.server import Server, ServerHooks
+
+__all__ = [
+    "BEAT",
+    "READY",
+    "RETIRING",
+    "SUPERVISOR_SIGNALS",
+    "WorkerSpec",
+    "fork_worker",
+    "spawn_worker",
+    "spawned_main",
+]
+
+READY = b"R"
+BEAT = b"."
+RETIRING = b"M"
+# Blocked around fork and spawn, so a child never runs the supervisor's handlers (nor dies of
+# SIGUSR1 before it can dump tracebacks), and reset in the child before it unblocks them.
+SUPERVISOR_SIGNALS = frozenset(
+    {
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGCHLD,
+        signal.SIGUSR1,
+    }
+)
+_PAYLOAD_ENV = "DUALGATE_WORKER"
+_SPAWNED = "import sys; from dualgate.worker_process import spawned_main; sys.exit(spawned_main())"
+_DUMP_SIGNAL = signal.SIGUSR1
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    config: Config
+    # Descriptors of the shared listening sockets, the same numbers in the worker.
+    shared_fds: tuple[int, ...]
+    # With --reuse-port: (family, address) pairs the worker binds itself.
+    reuse_port: tuple[tuple[int, tuple[object, ...]], ...]
+    channel_fd: int
+    multiprocess: bool
+    heartbeat_interval: float
+
+
+def fork_worker(spec: WorkerSpec, close_fds: Sequence[int]) -> int:
+    """Fork a worker serving `spec`; returns its pid. `close_fds` are the supervisor's own."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: it never returns from here
+            code = 1
+            try:
+                for fd in close_fds:
+                    os.close(fd)
+                code = serve(spec)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return pid
+
+
+def spawn_worker(spec: WorkerSpec) -> subprocess.Popen[bytes]:
+    """Start a worker in a fresh interpreter; the descriptors it needs keep their numbers."""
+    import dualgate
+
+    payload = base64.b64encode(pickle.dumps(spec)).decode("ascii")
+    # The worker imports dualgate from where this process did, whatever its sys.path was.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(dualgate.__file__)))
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, **{_PAYLOAD_ENV: payload})
+    env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _SPAWNED],
+            pass_fds=(*spec.shared_fds, spec.channel_fd),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _Channel:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def send(self, message: bytes) -> bool:
+        """False once the supervisor is gone; a full pipe only means it is slow to read."""
+        try:
+            os.write(self.fd, message)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
+def serve(spec: WorkerSpec) -> int:
+    """The worker's whole life; returns its exit code."""
+    for signum in SUPERVISOR_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.register(_DUMP_SIGNAL, all_threads=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+
+    config = spec.config
+    configure_logging(config.log_level, config.access_log)
+    channel = _Channel(spec.channel_fd)
+    sockets = [socket.socket(fileno=fd) for fd in spec.shared_fds]
+    try:
+        for family, address in spec.reuse_port:
+            sockets.append(bind_reuse_port(family, address, config.backlog))
+    except OSError as exc:
+        report(exc)
+        return EXIT_APP_LOAD
+    limit = config.limit_max_requests
+    if limit is not None and config.limit_max_requests_jitter:
+        limit += random.randint(0, config.limit_max_requests_jitter)
+    served = 0
+    orphaned = False
+    server: Server
+
+    def on_request(cycle: RequestCycle) -> bool:
+        nonlocal served
+        served += 1
+        if served == limit:
+            error_logger.info("Served %d requests: retiring this worker", served)
+            channel.send(RETIRING)
+            server.shutdown()
+        return True
+
+    def beat() -> None:
+        nonlocal orphaned
+        if not channel.send(BEAT) and not orphaned:
+            orphaned = True
+            error_logger.error("The supervisor is gone: stopping")
+            server.shutdown()
+
+    def ready() -> None:
+        channel.send(READY)
+
+    hooks = ServerHooks(
+        on_ready=ready,
+        heartbeat=beat,
+        heartbeat_interval=spec.heartbeat_interval,
+        on_request=on_request if limit is not None else None,
+        # Only a shared socket lets a sibling take what this worker leaves in the queue.
+        pause_when_busy=bool(spec.shared_fds),
+        multiprocess=spec.multiprocess,
+        graceful_signals=(signal.SIGTERM,),
+    )
+    server = Server(config, sockets=sockets, hooks=hooks)
+    return run_server(server)
+
+
+def spawned_main() -> int:
+    """The entry point of a spawned worker: its spec comes pickled in the environment."""
+    spec = pickle.loads(base64.b64decode(os.environ.pop(_PAYLOAD_ENV)))
+    if not isinstance(spec, WorkerSpec):
+        raise TypeError(f"{_PAYLOAD_ENV} does not hold a WorkerSpec")
+    return serve(spec)
