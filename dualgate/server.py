@@ -23,6 +23,7 @@ from dualgate.logs import configure_logging, error_logger
 from dualgate.mounts import MountRouter
 from dualgate.protocol import HTTPProtocol, RequestHandler, ServerState
 from dualgate.workers import WorkerPool, WSGIHandler
+from dualgate.ws_handshake import websockets_unavailable
 
 __all__ = ["Server", "run"]
 
@@ -43,6 +44,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._pool: WorkerPool | None = None
         self._lifespans: list[Lifespan] = []
+        self._serves_asgi = False
         self.state: ServerState | None = None
 
     @property
@@ -97,6 +99,8 @@ class Server:
     async def _startup(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
         handler, description = await self._build_handler(loop)
+        if self._serves_asgi:
+            self._check_websockets()
         self.state = state = ServerState(config, handler)
 
         def protocol_factory() -> HTTPProtocol:
@@ -169,12 +173,24 @@ class Server:
                 high_water=config.body_buffer_size,
                 worker_wait=config.timeout_worker,
             )
+        self._serves_asgi = True
         lifespan = None
         if config.lifespan != "off":
             lifespan = Lifespan(loaded.app, config.lifespan, loaded.source)
             self._lifespans.append(lifespan)
             await lifespan.startup()
         return ASGIHandler(loaded.app, root_path, lifespan)
+
+    def _check_websockets(self) -> None:
+        """WebSockets for ASGI apps need wsproto: required with --ws wsproto, said once if not."""
+        if self.config.ws == "none":
+            return
+        why = websockets_unavailable(self.config)
+        if why is None:
+            return
+        if self.config.ws == "wsproto":
+            raise ConfigError(f"--ws wsproto: {why}")
+        error_logger.info("%s; WebSocket requests get an HTTP 400 answer", why)
 
     def _sweep_deadlines(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         state = self.state
