@@ -48,7 +48,6 @@ import asyncio
 import logging
 import struct
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, MutableSet
 from email.utils import formatdate
@@ -67,10 +66,11 @@ from wsproto.events import (
     RejectData,
     TextMessage,
 )
-from wsproto.extensions import Extension, PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason
 
 from dualgate.logs import access_logger, error_logger, format_access
+from dualgate.ws_deflate import BoundedDeflate
 from dualgate.ws_handshake import (
     Handshake,
     HandshakeRequest,
@@ -90,9 +90,10 @@ Headers = list[tuple[bytes, bytes]]
 Message = dict[str, Any]
 Phase = Literal["handshake", "open", "denying", "closing", "closed"]
 
-# RFC 6455 section 7.4: codes an endpoint may send in a Close frame (1012-1014 are registered
-# with IANA since); 1004-1006 and 1015 are reserved, the rest below 3000 unassigned.
-_SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+# RFC 6455 section 7.4: codes an endpoint may send in a Close frame, with 1012 (service restart)
+# and 1013 (try again later) registered with IANA since; 1004-1006 and 1015 are reserved, and
+# peers (wsproto among them) refuse the rest below 3000.
+_SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1014)})
 _FAILURE_REASONS: dict[int, str] = {
     CloseReason.MESSAGE_TOO_BIG: "message too big",
     CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid frame payload data",
@@ -375,7 +376,7 @@ class WebSocketProtocol(asyncio.Protocol):
             raise ValueError("websocket.accept headers must not set sec-websocket-protocol")
         extensions: list[Extension] = []
         if self._handshake.deflate_offer is not None:
-            extensions.append(_BoundedDeflate(self._config.ws_max_size))
+            extensions.append(BoundedDeflate(self._config.ws_max_size))
         data = self._ws.send(
             AcceptConnection(
                 subprotocol=subprotocol,
@@ -684,63 +685,6 @@ class WebSocketProtocol(asyncio.Protocol):
     def _unregister_when_done(self) -> None:
         if self._lost and (self._task is None or self._task_done):
             self._connections.discard(self)
-
-
-class _BoundedDeflate(PerMessageDeflate):
-    """permessage-deflate that never inflates a message past --ws-max-size.
-
-    wsproto inflates each read whole, so a few kilobytes of deflate could become gigabytes in
-    one step; here each step inflates at most what the message may still grow by, and one byte
-    more fails the connection with 1009. Control frames between the fragments of a compressed
-    message are also kept from resetting the message's state (wsproto forgets that a message is
-    compressed after an interleaved ping).
-    """
-
-    def __init__(self, max_size: int) -> None:
-        super().__init__()
-        self._max_size = max_size
-        self._inflated = 0
-        self._control = False
-
-    def frame_inbound_header(
-        self,
-        proto: FrameDecoder | FrameProtocol,
-        opcode: Opcode,
-        rsv: RsvBits,
-        payload_length: int,
-    ) -> CloseReason | RsvBits:
-        self._control = opcode.iscontrol()
-        if self._control:
-            return CloseReason.PROTOCOL_ERROR if rsv.rsv1 else RsvBits(False, False, False)
-        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
-
-    def frame_inbound_payload_data(
-        self, proto: FrameDecoder | FrameProtocol, data: bytes
-    ) -> bytes | CloseReason:
-        if self._control or not self._inbound_compressed or not self._inbound_is_compressible:
-            return data
-        assert self._decompressor is not None
-        allowance = self._max_size - self._inflated
-        try:
-            inflated = self._decompressor.decompress(data, allowance + 1)
-        except zlib.error:
-            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
-        self._inflated += len(inflated)
-        if self._inflated > self._max_size:
-            return CloseReason.MESSAGE_TOO_BIG
-        return inflated
-
-    def frame_inbound_complete(
-        self, proto: FrameDecoder | FrameProtocol, fin: bool
-    ) -> bytes | CloseReason | None:
-        if self._control:
-            return None
-        result = super().frame_inbound_complete(proto, fin)
-        if isinstance(result, bytes) and self._inflated + len(result) > self._max_size:
-            return CloseReason.MESSAGE_TOO_BIG
-        if fin:
-            self._inflated = 0
-        return result
 
 
 def _wsproto_headers(handshake: Handshake) -> Headers:
