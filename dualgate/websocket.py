@@ -47,12 +47,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, MutableSet
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection, ConnectionState
@@ -100,12 +101,21 @@ _FAILURE_REASONS: dict[int, str] = {
 }
 
 
+_READ_SIZE = 256 * 1024
+_reads = threading.local()
+
+
 class WebSocketClosed(OSError):
     """send() on a WebSocket that is closed (the ASGI spec asks for an OSError subclass)."""
 
 
-class WebSocketProtocol(asyncio.Protocol):
-    """One upgraded connection: the handshake answer, frames, and the application's task."""
+class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
+    """One upgraded connection: the handshake answer, frames, and the application's task.
+
+    An asyncio.Protocol for the hand-off (which passes the bytes read after the request head to
+    `data_received`), and a BufferedProtocol so that the transport, once it is set, reads
+    straight into a reused buffer (`get_buffer`, `buffer_updated`).
+    """
 
     def __init__(
         self,
@@ -191,7 +201,23 @@ class WebSocketProtocol(asyncio.Protocol):
         self._task = self._loop.create_task(self._run(scope))
         self._arm_deadline(self._config.ws_handshake_timeout, self._on_handshake_timeout)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # One read buffer per loop thread, reused: every byte read is copied out (into wsproto,
+        # or the early bytes) before the next read. A fresh 256 KiB object per read, as
+        # data_received gets, costs page faults: three times the bulk throughput's worth.
+        view: memoryview | None = getattr(_reads, "view", None)
+        if view is None:
+            view = _reads.view = memoryview(bytearray(_READ_SIZE))
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received(_reads.view[:nbytes])
+
     def data_received(self, data: bytes) -> None:
+        """The bytes the HTTP core read after the upgrade request (the hand-off's leftover)."""
+        self._received(data)
+
+    def _received(self, data: bytes | memoryview) -> None:
         phase = self._phase
         if phase == "open" or (phase == "closing" and not self._failed):
             self._feed(data)
@@ -491,10 +517,12 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- frames in ------------------------------------------------------------------------
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         conn = self._conn
         assert conn is not None
-        conn.receive_data(data)
+        # wsproto only appends what it is given to a bytearray, so a view of the read buffer
+        # spares a copy (its annotation says bytes).
+        conn.receive_data(cast("bytes", data))
         for event in conn.events():
             kind = type(event)
             if kind is TextMessage or kind is BytesMessage:

@@ -41,9 +41,10 @@ NODE = shutil.which("node") or "/usr/bin/node"
 # -- the websockets library -------------------------------------------------------------------
 
 
-def test_websockets_library_echo_compression_ping_and_close(serve: ServeFactory) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_websockets_library_echo_compression_ping_and_close(serve: ServeFactory, loop: str) -> None:
     recorder = Recorder()
-    port = serve(echo_app(recorder, subprotocol="chat.v2")).port
+    port = serve(echo_app(recorder, subprotocol="chat.v2"), loop=loop).port
     with ws_connect(
         f"ws://127.0.0.1:{port}/echo",
         subprotocols=[Subprotocol("chat.v1"), Subprotocol("chat.v2")],

@@ -48,10 +48,11 @@ def test_echo_in_every_length_form(serve: ServeFactory, size: int) -> None:
         assert peer.recv_data().payload.decode("utf-8") == "héllo wörld"
 
 
-def test_a_frame_split_at_every_byte_across_reads(serve: ServeFactory) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_frame_split_at_every_byte_across_reads(serve: ServeFactory, loop: str) -> None:
     """Every split point of a frame, each half in its own TCP segment: header, mask, payload
     (and a multi-byte UTF-8 character) may all be cut anywhere."""
-    port = echo_port(serve)
+    port = echo_port(serve, loop=loop)
     frames = [
         text("a€b—c"),  # 7-bit length; three-byte characters
         frame(BINARY, bytes(range(200))),  # 16-bit length
