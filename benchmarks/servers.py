@@ -247,6 +247,13 @@ SERVERS = (
         "uvicorn --ws websockets (the websockets library, C-accelerated masking) --loop asyncio",
     ),
     Server(
+        "uvicorn-websockets-sansio",
+        frozenset({"websocket"}),
+        ("uvicorn", "h11", "websockets"),
+        _uvicorn_ws("websockets-sansio"),
+        "uvicorn --ws websockets-sansio --loop asyncio: what --ws websockets is to become",
+    ),
+    Server(
         "uvicorn-wsproto",
         frozenset({"websocket"}),
         ("uvicorn", "h11", "wsproto"),
