@@ -21,7 +21,6 @@ from asgiref.typing import ASGI3Application, HTTPScope
 
 from dualgate.logs import error_logger
 from dualgate.protocol import RequestCycle
-from dualgate.ws_handshake import is_websocket_request, websockets_unavailable
 
 __all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
 
@@ -209,27 +208,6 @@ class ASGIHandler:
         state = (
             self.lifespan.state if self.lifespan is not None and self.lifespan.supported else None
         )
-        if is_websocket_request(cycle.method, cycle.headers):
-            unavailable = websockets_unavailable(cycle.config)
-            if unavailable is not None:
-                # The client meant to leave HTTP on this connection: it ends with the answer.
-                cycle.respond_error(400, unavailable + "\n", [(b"connection", b"close")])
-                return
-            from dualgate.websocket import WebSocketProtocol
-
-            websocket = WebSocketProtocol(
-                cycle,
-                client=cycle.client,
-                server=cycle.server,
-                scheme="wss" if cycle.scheme == "https" else "ws",
-                app=self.app,
-                root_path=self.root_path,
-                state=state,
-                config=cycle.config,
-                connections=cycle._protocol.state.connections,
-            )
-            cycle.upgrade(websocket)
-            return
         scope = build_scope(cycle, self.root_path, state)
         task = cycle.loop.create_task(run_asgi(self.app, scope, cycle))
         # The loop keeps only weak references to tasks.

@@ -265,32 +265,6 @@ class RequestCycle:
     async def sendfile(self, file: Any, offset: int, count: int) -> None:
         await self._protocol.sendfile(self, file, offset, count)
 
-    def upgrade(self, protocol: asyncio.Protocol) -> None:
-        """Hand the connection to `protocol` (a WebSocket); it writes every byte of its answer.
-
-        HTTP stops here: no more timers, reading or registry entry for this connection. The new
-        protocol gets the transport, then the bytes already read after the request head.
-        """
-        http = self._protocol
-        transport = http.transport
-        if self is not http.cycle or http._closed or transport is None:
-            return
-        leftover, closed = http.conn.trailing_data
-        http._closed = True
-        http._cancel_timer()
-        if http._write_timer is not None:
-            http._write_timer.cancel()
-        http.state.connections.discard(http)
-        self.response_complete = True
-        # Resumed before the new protocol starts, so that it may pause reading itself.
-        http._resume_reading()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if leftover:
-            protocol.data_received(bytes(leftover))
-        if closed and not protocol.eof_received():
-            transport.close()
-
 
 class HTTPProtocol(asyncio.Protocol):
     """One client connection: parse with h11, check, dispatch, write, keep alive or close."""
