@@ -39,6 +39,12 @@ HTTP_LOADS = (
     Load("close-c10", 10, True),
 )
 
+# WebSocket echo loads: connections each doing one round trip at a time.
+WS_LOADS = (
+    Load("ws-c1", 1, False),
+    Load("ws-c100", 100, False),
+)
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
@@ -113,6 +119,26 @@ class LoadRunner:
         self, mode: Literal["download", "upload"], port: int, path: str, size: int, timeout: float
     ) -> Measurement:
         argv = [*self._client(mode, port, path, timeout), f"--bytes={size}"]
+        return self._run_client(argv, timeout + SLACK, "MiB/s")
+
+    def ws_echo(self, port: int, path: str, load: Load, duration: float) -> Measurement:
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.ws_client",
+            "echo",
+            f"--port={port}",
+            f"--path={path}",
+            f"--connections={load.connections}",
+            f"--duration={duration}",
+        ]
+        return self._run_client(argv, duration + SLACK + 10, "msg/s")
+
+    def ws_stream(
+        self, mode: Literal["download", "upload"], port: int, path: str, size: int, timeout: float
+    ) -> Measurement:
+        argv = [sys.executable, "-m", "benchmarks.ws_client", mode, f"--port={port}"]
+        argv += [f"--path={path}", f"--bytes={size}", f"--timeout={timeout}"]
         return self._run_client(argv, timeout + SLACK, "MiB/s")
 
     def _client(self, mode: str, port: int, path: str, timeout: float) -> list[str]:

@@ -3,7 +3,8 @@
 Ratios: in every round each server's figure is divided by wsgiref's figure from the same round
 and scenario and load (so slow drift of a noisy machine cancels); the reported ratio is the
 median of those per-round ratios. The absolute figures are medians over rounds. Above 1 is better
-for req/s and MiB/s; below 1 is better for latency and memory.
+for req/s, msg/s and MiB/s; below 1 is better for latency and memory. WebSocket scenarios have
+their own baseline (a scenario's `baseline`), since wsgiref has no WebSockets.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def summarise(samples: Sequence[Sample]) -> list[Row]:
         grouped[(s.scenario, s.load, s.server)][s.round] = s
     rows = []
     for (scenario, load, server), by_round in grouped.items():
-        base = grouped.get((scenario, load, BASELINE), {})
+        base = grouped.get((scenario, load, SCENARIOS[scenario].baseline), {})
         ms = [s.measurement for s in by_round.values()]
         detail: dict[str, int] = defaultdict(int)
         for m in ms:
@@ -157,8 +158,9 @@ def markdown(
         "",
         "Each cell is the median over rounds; `(n x)` is the median over rounds of the ratio to "
         "wsgiref in the same round (req/s and MiB/s: higher is better; latency and RSS: lower "
-        "is better). Errors are summed over rounds. Peak RSS is VmHWM summed over the server's "
-        "process tree.",
+        "is better). WebSocket scenarios are compared with uvicorn-wsproto instead, as "
+        "wsgiref has no WebSockets. Errors are summed over rounds. Peak RSS is VmHWM summed "
+        "over the server's process tree.",
     ]
     if meta.get("interrupted"):
         out += ["", "**Interrupted: partial results.**"]
@@ -194,17 +196,22 @@ def markdown(
             continue
         unit = mine[0].unit
         about = SCENARIOS[scenario].about
-        out += ["", f"## {scenario}", "", about[0].upper() + about[1:] + ".", ""]
-        if unit == "req/s":
+        out += ["", f"## {scenario}", "", about[0].upper() + about[1:] + "."]
+        baseline = SCENARIOS[scenario].baseline
+        if baseline != BASELINE:
+            out += ["", f"Ratios here are to {baseline} in the same round."]
+        out.append("")
+        if unit in ("req/s", "msg/s"):
             out.append(f"| server | load | {unit} | p50 ms | p99 ms | errors | peak RSS MiB |")
         else:
             out.append(f"| server | load | {unit} | seconds | errors | peak RSS MiB |")
-        out.append("|---|---|" + "---:|" * (3 if unit == "req/s" else 2) + "---|---:|")
+        latency = unit in ("req/s", "msg/s")
+        out.append("|---|---|" + "---:|" * (3 if latency else 2) + "---|---:|")
         order = {name: i for i, name in enumerate(server_order)}
         loads = {name: i for i, name in enumerate(load_order)}
         mine.sort(key=lambda r: (loads.get(r.load, 99), order.get(r.server, 99)))
         for r in mine:
-            if unit == "req/s":
+            if latency:
                 middle = (
                     f"{_num(r.value, r.value_ratio)} | {_num(r.p50_ms, r.p50_ratio, 2)} "
                     f"| {_num(r.p99_ms, r.p99_ratio, 2)}"

@@ -26,7 +26,7 @@ from typing import Literal
 from benchmarks import procs, report
 from benchmarks.apps import STREAM_BYTES_ENV
 from benchmarks.floor import Floor, median_floor
-from benchmarks.load import HTTP_LOADS, Load, LoadRunner
+from benchmarks.load import HTTP_LOADS, WS_LOADS, Load, LoadRunner
 from benchmarks.measurement import Measurement
 from benchmarks.scenarios import SCENARIOS, Scenario
 from benchmarks.servers import SERVERS, AppRef, Options, Server
@@ -37,7 +37,7 @@ READY_DEADLINE = 30.0  # seconds a server gets to accept connections
 FLOOR_DEADLINE = 120.0
 VERSIONS = (
     "dualgate", "h11", "uvloop", "waitress", "gunicorn", "uvicorn", "hypercorn", "a2wsgi",
-    "asgiref", "flask", "matplotlib",
+    "asgiref", "flask", "matplotlib", "wsproto", "websockets",
 )  # fmt: skip
 
 
@@ -157,6 +157,8 @@ class Harness:
         startup = 2.0 + float(self.args.warmup)
         if scenario.kind == "http":
             return startup + len(HTTP_LOADS) * (max(1, round(self.duration)) + 0.3)
+        if scenario.kind == "ws-echo":
+            return startup + len(WS_LOADS) * (self.duration + 1.0)
         return startup + 1.0 + self.stream_bytes / (150 * MIB)
 
     def execute(self, steps: list[Step]) -> None:
@@ -258,6 +260,9 @@ class Harness:
             for load in HTTP_LOADS:
                 self.record(step, load.name, runner.http(port, scenario.path, load, self.duration))
             return
+        if scenario.websocket:
+            self.drive_websocket(step, port)
+            return
         mode: Literal["download", "upload"] = "upload"
         if scenario.kind == "download":
             mode = "download"
@@ -266,6 +271,26 @@ class Harness:
         timeout = float(self.args.stream_timeout)
         self.runner.stream(mode, port, warm_path, warm, timeout)
         m = self.runner.stream(mode, port, scenario.path, self.stream_bytes, timeout)
+        self.record(step, report.STREAM_LOAD, m)
+
+    def drive_websocket(self, step: Step, port: int) -> None:
+        scenario = step.scenario
+        if scenario.kind == "ws-echo":
+            if self.args.warmup > 0:
+                self.runner.ws_echo(
+                    port, scenario.path, Load("warmup", 10, False), self.args.warmup
+                )
+            for load in WS_LOADS:
+                self.record(
+                    step, load.name, self.runner.ws_echo(port, scenario.path, load, self.duration)
+                )
+            return
+        mode: Literal["download", "upload"] = (
+            "download" if scenario.kind == "ws-download" else "upload"
+        )
+        timeout = float(self.args.stream_timeout)
+        self.runner.ws_stream(mode, port, scenario.path, min(self.stream_bytes, 8 * MIB), timeout)
+        m = self.runner.ws_stream(mode, port, scenario.path, self.stream_bytes, timeout)
         self.record(step, report.STREAM_LOAD, m)
 
 
@@ -384,7 +409,7 @@ def write(out: Path, harness: Harness, meta: dict[str, object], order: list[str]
     state = harness.state
     rows = report.summarise(state.samples)
     floor = median_floor(state.floors) if state.floors else None
-    loads = [ld.name for ld in HTTP_LOADS] + [report.STREAM_LOAD]
+    loads = [ld.name for ld in (*HTTP_LOADS, *WS_LOADS)] + [report.STREAM_LOAD]
     out.mkdir(parents=True, exist_ok=True)
     why = report.chart(rows, out / "latest.png", order, loads)
     if why:

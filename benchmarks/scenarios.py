@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["http", "download", "upload", "floor"]
+Kind = Literal["http", "download", "upload", "floor", "ws-echo", "ws-download", "ws-upload"]
+WEBSOCKET_KINDS = ("ws-echo", "ws-download", "ws-upload")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,12 @@ class Scenario:
     # Worker processes per server. Above 1, only servers that can run several serve it (and
     # the baseline), and neither they nor the load generator are pinned to a core.
     processes: int = 1
+    # Ratios are to this server's figure in the same round (wsgiref cannot serve WebSockets).
+    baseline: str = "wsgiref"
+
+    @property
+    def websocket(self) -> bool:
+        return self.kind in WEBSOCKET_KINDS
 
 
 SCENARIOS = (
@@ -101,6 +108,42 @@ SCENARIOS = (
         about="the ASGI hello from 2 worker processes per server (dualgate --workers 2, uvicorn "
         "--workers 2), unpinned as `workers`",
         processes=2,
+    ),
+    Scenario(
+        "ws-echo",
+        "ws-echo",
+        None,
+        "benchmarks.apps.ws_echo:app",
+        quick=True,
+        adapters=False,
+        about="WebSocket echo of a 32-byte text message, one round trip at a time per "
+        "connection: the server's cost per message both ways",
+        path="/echo",
+        baseline="uvicorn-wsproto",
+    ),
+    Scenario(
+        "ws-download",
+        "ws-download",
+        None,
+        "benchmarks.apps.ws_echo:app",
+        quick=False,
+        adapters=False,
+        about="200 MiB sent by the app over a WebSocket in 64 KiB binary messages: bulk "
+        "throughput out, with flow control",
+        path="/download",
+        baseline="uvicorn-wsproto",
+    ),
+    Scenario(
+        "ws-upload",
+        "ws-upload",
+        None,
+        "benchmarks.apps.ws_echo:app",
+        quick=False,
+        adapters=False,
+        about="200 MiB sent by the client over a WebSocket in 64 KiB masked binary messages "
+        "and counted by the app: bulk throughput in",
+        path="/upload",
+        baseline="uvicorn-wsproto",
     ),
     Scenario(
         "floor",

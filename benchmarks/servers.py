@@ -43,7 +43,7 @@ Build = Callable[[AppRef, int, Options], list[str]]
 @dataclass(frozen=True)
 class Server:
     name: str
-    serves: frozenset[Literal["wsgi", "asgi", "adapter"]]
+    serves: frozenset[Literal["wsgi", "asgi", "adapter", "websocket"]]
     requires: tuple[str, ...]  # importable modules, checked with importlib.util.find_spec
     build: Build
     about: str
@@ -54,6 +54,10 @@ class Server:
 
     def app_for(self, scenario: Scenario) -> AppRef | None:
         """What this server serves for a scenario, or None when the scenario is not for it."""
+        if scenario.websocket:
+            if scenario.asgi is None or "websocket" not in self.serves:
+                return None
+            return AppRef(scenario.asgi, "asgi")
         if scenario.wsgi is None:
             return None
         if scenario.processes > 1 and not (self.multi or self.baseline):
@@ -154,6 +158,15 @@ def _uvicorn(app: AppRef, port: int, opts: Options) -> list[str]:
     return [*argv, "--interface", "asgi3"]
 
 
+def _uvicorn_ws(implementation: str) -> Build:
+    def build(app: AppRef, port: int, opts: Options) -> list[str]:
+        argv = [PY, "-m", "uvicorn", app.target, "--host", LOOPBACK, "--port", str(port)]
+        argv += ["--http", "h11", "--loop", "asyncio", "--ws", implementation]
+        return [*argv, "--no-access-log", "--log-level", "warning", "--interface", "asgi3"]
+
+    return build
+
+
 def _hypercorn(app: AppRef, port: int, opts: Options) -> list[str]:
     # Hypercorn's WSGI mode buffers the whole request body and refuses more than 16 MiB unless
     # told otherwise, which is only possible through a config file.
@@ -192,7 +205,7 @@ SERVERS = (
     ),
     Server(
         "dualgate",
-        frozenset({"wsgi", "asgi"}),
+        frozenset({"wsgi", "asgi", "websocket"}),
         ("dualgate", "h11"),
         _dualgate("asyncio"),
         "dualgate with the stdlib asyncio loop",
@@ -201,7 +214,7 @@ SERVERS = (
     ),
     Server(
         "dualgate-uvloop",
-        frozenset({"wsgi", "asgi"}),
+        frozenset({"wsgi", "asgi", "websocket"}),
         ("dualgate", "h11", "uvloop"),
         _dualgate("uvloop"),
         "dualgate with uvloop",
@@ -239,11 +252,32 @@ SERVERS = (
         multi=True,
     ),
     Server(
+        "uvicorn-websockets",
+        frozenset({"websocket"}),
+        ("uvicorn", "h11", "websockets"),
+        _uvicorn_ws("websockets"),
+        "uvicorn --ws websockets (the websockets library, C-accelerated masking) --loop asyncio",
+    ),
+    Server(
+        "uvicorn-websockets-sansio",
+        frozenset({"websocket"}),
+        ("uvicorn", "h11", "websockets"),
+        _uvicorn_ws("websockets-sansio"),
+        "uvicorn --ws websockets-sansio --loop asyncio: what --ws websockets is to become",
+    ),
+    Server(
+        "uvicorn-wsproto",
+        frozenset({"websocket"}),
+        ("uvicorn", "h11", "wsproto"),
+        _uvicorn_ws("wsproto"),
+        "uvicorn --ws wsproto --loop asyncio: the same framing library as dualgate",
+    ),
+    Server(
         "hypercorn",
-        frozenset({"wsgi", "asgi"}),
+        frozenset({"wsgi", "asgi", "websocket"}),
         ("hypercorn",),
         _hypercorn,
-        "hypercorn, asyncio worker; WSGI apps through its wsgi: mode",
+        "hypercorn, asyncio worker; WSGI apps through its wsgi: mode; wsproto for WebSockets",
     ),
     _adapter("dualgate", "dualgate"),
     _adapter("a2wsgi", "a2wsgi"),

@@ -22,6 +22,7 @@ from asgiref.typing import ASGI3Application, HTTPScope
 from dualgate.cycle import RequestCycle
 from dualgate.logs import error_logger
 from dualgate.paths import strip_root_path
+from dualgate.ws_handshake import websockets_unavailable
 
 __all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
 
@@ -215,11 +216,37 @@ class ASGIHandler:
         state = (
             self.lifespan.state if self.lifespan is not None and self.lifespan.supported else None
         )
+        if cycle.request.upgrade == b"websocket" and cycle.request.method == b"GET":
+            self._upgrade(cycle, state)
+            return
         scope = build_scope(cycle, self.root_path, state)
         task = cycle.loop.create_task(run_asgi(self.app, scope, cycle))
         # The loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _upgrade(self, cycle: RequestCycle, state: dict[str, Any] | None) -> None:
+        unavailable = websockets_unavailable(cycle.config)
+        if unavailable is not None:
+            # The client meant to leave HTTP on this connection: it ends with the answer.
+            cycle.keep_alive = False
+            cycle.respond_error(400, unavailable + "\n")
+            return
+        from dualgate.websocket import WebSocketProtocol  # wsproto is an optional extra
+
+        cycle.upgrade(
+            WebSocketProtocol(
+                cycle.request,
+                client=cycle.client,
+                server=cycle.server,
+                scheme="wss" if cycle.scheme == "https" else "ws",
+                app=self.app,
+                root_path=self.root_path,
+                state=state,
+                config=cycle.config,
+                connections=cycle.connections,
+            )
+        )
 
 
 class LifespanFailure(RuntimeError):

@@ -25,6 +25,7 @@ Lifespan = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 StartMethod = Literal["fork", "spawn"]
+WebSockets = Literal["auto", "wsproto", "none"]
 
 
 class ConfigError(ValueError):
@@ -256,6 +257,44 @@ class Config:
     )
     ssl_ciphers: str | None = _setting(
         None, "OpenSSL cipher list for TLS 1.2 (default: Python's)", check=_ciphers
+    )
+
+    # -- WebSockets (ASGI applications; served by dualgate/websocket.py over wsproto) --------
+    ws: WebSockets = _setting(
+        "auto",
+        "WebSockets for ASGI apps: auto (when wsproto is installed), wsproto (required), none",
+    )
+    ws_max_size: int = _setting(
+        16 * 1024 * 1024,
+        "largest incoming WebSocket message in bytes; larger closes with 1009",
+        check=_positive,
+    )
+    ws_max_queue: int = _setting(
+        32,
+        "incoming WebSocket messages queued for the application before reading pauses",
+        check=_positive,
+    )
+    ws_ping_interval: float = _setting(
+        20.0, "seconds between the server's WebSocket pings; 0 sends none", check=_non_negative
+    )
+    ws_ping_timeout: float = _setting(
+        20.0,
+        "seconds a WebSocket peer has to answer a ping before it is closed; 0 waits forever",
+        check=_non_negative,
+    )
+    ws_per_message_deflate: bool = _setting(
+        True, "accept permessage-deflate compression (RFC 7692) when a client offers it"
+    )
+    ws_handshake_timeout: float = _setting(
+        10.0,
+        "seconds an application has to accept or deny a WebSocket, and a peer to answer "
+        "the server's Close frame",
+        check=_positive,
+    )
+    ws_write_timeout: float = _setting(
+        60.0,
+        "seconds a WebSocket may stall with a peer that takes no bytes before it is dropped",
+        check=_positive,
     )
 
     def __post_init__(self) -> None:

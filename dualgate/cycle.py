@@ -27,7 +27,7 @@ from dualgate.reader import Request
 
 if TYPE_CHECKING:
     from dualgate.config import Config
-    from dualgate.state import ServerState
+    from dualgate.state import Connection, ServerState
 
 __all__ = ["Port", "RequestCycle", "loop_can_sendfile"]
 
@@ -110,6 +110,11 @@ class RequestCycle:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._port.loop
+
+    @property
+    def connections(self) -> set[Connection]:
+        """The server's live connections, which a protocol taking over by `upgrade` joins."""
+        return self._port.state.connections
 
     # -- request body, the connection's side --------------------------------------------
 

@@ -242,13 +242,15 @@ class HTTPProtocol(asyncio.Protocol):
         reader = self.reader
         leftover = reader.take_leftover()
         transport = self.transport
+        # Resumed before the new protocol starts, so that it may pause reading itself.
+        self.flow.resume_reading()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
+        stream = cast(asyncio.Protocol, protocol)
         if leftover:
-            cast(asyncio.Protocol, protocol).data_received(leftover)
-        if reader.eof:
-            cast(asyncio.Protocol, protocol).eof_received()
-        self.flow.resume_reading()
+            stream.data_received(leftover)
+        if reader.eof and not stream.eof_received():
+            transport.close()
 
     def _next_request(self) -> None:
         self.cycle = None

@@ -32,6 +32,7 @@ from dualgate.pool import WorkerPool
 from dualgate.protocol import HTTPProtocol
 from dualgate.state import RequestHandler, ServerState
 from dualgate.workers import WSGIHandler
+from dualgate.ws_handshake import websockets_unavailable
 
 __all__ = ["Server", "ServerHooks", "run"]
 
@@ -88,6 +89,7 @@ class Server:
         # Connections nothing has arrived on yet, and when they were accepted.
         self._pool: WorkerPool | None = None
         self._lifespans: list[Lifespan] = []
+        self._serves_asgi = False
         self.state: ServerState | None = None
 
     @property
@@ -148,6 +150,8 @@ class Server:
         handler, description = await self._build_handler(loop)
         if self.hooks.on_request is not None:
             handler = _counted(handler, self.hooks.on_request)
+        if self._serves_asgi:
+            self._check_websockets()
         self.state = state = ServerState(config, handler)
 
         def protocol_factory() -> HTTPProtocol:
@@ -261,12 +265,24 @@ class Server:
                 worker_wait=config.timeout_worker,
                 multiprocess=self.hooks.multiprocess,
             )
+        self._serves_asgi = True
         lifespan = None
         if config.lifespan != "off":
             lifespan = Lifespan(loaded.app, config.lifespan, loaded.source)
             self._lifespans.append(lifespan)
             await lifespan.startup()
         return ASGIHandler(loaded.app, root_path, lifespan)
+
+    def _check_websockets(self) -> None:
+        """WebSockets for ASGI apps need wsproto: required with --ws wsproto, said once if not."""
+        if self.config.ws == "none":
+            return
+        why = websockets_unavailable(self.config)
+        if why is None:
+            return
+        if self.config.ws == "wsproto":
+            raise ConfigError(f"--ws wsproto: {why}")
+        error_logger.info("%s; WebSocket requests get an HTTP 400 answer", why)
 
     def _sweep_deadlines(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         state = self.state

@@ -58,8 +58,15 @@ def read_response(
     """
     parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
     # The request went out as raw bytes; h11 only needs to know that one was sent, and its
-    # method. The bytes it would have sent are thrown away.
-    parser.send(h11.Request(method=method, target="/", headers=[(b"host", b"test")]))
+    # method. The bytes it would have sent are thrown away. It proposes an upgrade, so that h11
+    # accepts a 101 (WebSocket handshakes) as well as any other answer.
+    parser.send(
+        h11.Request(
+            method=method,
+            target="/",
+            headers=[(b"host", b"test"), (b"connection", b"upgrade"), (b"upgrade", b"websocket")],
+        )
+    )
     parser.send(h11.EndOfMessage())
     raw = bytearray()  # what was fed to h11, kept until the head is found
 
