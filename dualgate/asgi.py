@@ -40,6 +40,12 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path
+    client = cycle.client
+    if client is not None and client[1] is None:
+        client = (client[0], 0)  # a forwarded address without a port; ASGI wants an int
+    extensions: dict[str, Any] = {"http.response.pathsend": {}}
+    if cycle.tls is not None:
+        extensions["tls"] = cycle.tls
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": ASGI_VERSION,
@@ -51,9 +57,9 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
         "query_string": query,
         "root_path": root_path,
         "headers": request.headers,
-        "client": cycle.client,
+        "client": client,
         "server": cycle.server,
-        "extensions": {"http.response.pathsend": {}},
+        "extensions": extensions,
     }
     if state is not None:
         scope["state"] = state.copy()

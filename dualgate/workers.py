@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 from wsgiref.types import WSGIApplication
 
-from dualgate.cycle import RequestCycle, loop_can_sendfile
+from dualgate.cycle import RequestCycle
 from dualgate.logs import error_logger
 from dualgate.wsgi import (
     BodySource,
@@ -278,9 +278,10 @@ class ThreadSink:
                 drained.notify()
 
     def sendfile(self, file: Any, offset: int, count: int) -> bool:
-        if not loop_can_sendfile(self._loop):
-            # Say "cannot" before anything is sent, so run_wsgi sends the file in blocks
-            # through write(), reading it in this thread rather than on the loop.
+        if not self._cycle.can_sendfile:
+            # Under TLS or without a loop sendfile: say "cannot" before anything is sent, so
+            # run_wsgi sends the file in blocks through write(), reading it in this thread
+            # rather than on the loop.
             return False
         head, self._head = self._head, None
         future = asyncio.run_coroutine_threadsafe(
