@@ -1,9 +1,10 @@
 """`Server`: binds, serves, and stops gracefully; `run()` for the common case.
 
 The server owns everything that lives as long as it does: the listening sockets, the live
-connections (through ServerState), the worker pool, the once-a-second Date header, and the
-signal handlers. `started` tells an embedding program (or a test) when the sockets are bound and
-which address they got; `shutdown()` asks for a graceful stop from any thread.
+connections (through ServerState), the worker pool, the once-a-second Date header, the TLS
+context holder (SIGHUP reloads its files), and the signal handlers. `started` tells an
+embedding program (or a test) when the sockets are bound and which address they got;
+`shutdown()` asks for a graceful stop from any thread.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 from dualgate.asgi import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app
+from dualgate.edge import EdgeProtocol
 from dualgate.logs import configure_logging, error_logger
 from dualgate.mounts import MountRouter
 from dualgate.protocol import HTTPProtocol
 from dualgate.state import RequestHandler, ServerState
+from dualgate.tls import TLSContextHolder
 from dualgate.workers import WorkerPool, WSGIHandler
 
 __all__ = ["Server", "run"]
@@ -43,6 +46,7 @@ class Server:
         self._listeners: list[asyncio.Server] = []
         self._pool: WorkerPool | None = None
         self._lifespans: list[Lifespan] = []
+        self._tls: TLSContextHolder | None = None
         self.state: ServerState | None = None
 
     @property
@@ -96,42 +100,49 @@ class Server:
 
     async def _startup(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
+        # First, so a certificate that cannot be used stops the start before the app loads.
+        if config.ssl_certfile is not None:
+            self._tls = TLSContextHolder(config)
         handler, description = await self._build_handler(loop)
-        self.state = state = ServerState(config, handler)
+        self.state = state = ServerState(config, handler, self._tls)
+        listen: dict[str, Any] = {"backlog": config.backlog}
+        protocol_factory: Callable[[], asyncio.BaseProtocol]
+        if config.proxy_protocol:
+            # The PROXY header comes before any TLS byte: edge.py reads it, then runs TLS itself.
+            def protocol_factory() -> asyncio.BaseProtocol:
+                return EdgeProtocol(state, loop)
 
-        def protocol_factory() -> HTTPProtocol:
-            return HTTPProtocol(state, loop)
+        else:
+
+            def protocol_factory() -> asyncio.BaseProtocol:
+                return HTTPProtocol(state, loop)
+
+            if self._tls is not None:
+                # The handshake counts against the request-head deadline.
+                listen["ssl"] = self._tls.listener_context
+                listen["ssl_handshake_timeout"] = config.timeout_request_head
 
         if config.uds is not None:
             if os.path.exists(config.uds) and _is_socket(config.uds):
                 os.unlink(config.uds)
-            listener = await loop.create_unix_server(
-                protocol_factory, config.uds, backlog=config.backlog
-            )
+            listener = await loop.create_unix_server(protocol_factory, config.uds, **listen)
         elif config.fd is not None:
             sock = socket.socket(fileno=config.fd)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
-                listener = await loop.create_server(
-                    protocol_factory, sock=sock, backlog=config.backlog
-                )
+                listener = await loop.create_server(protocol_factory, sock=sock, **listen)
             else:
-                listener = await loop.create_unix_server(
-                    protocol_factory, sock=sock, backlog=config.backlog
-                )
+                listener = await loop.create_unix_server(protocol_factory, sock=sock, **listen)
         else:
             listener = await loop.create_server(
-                protocol_factory,
-                config.host,
-                config.port,
-                backlog=config.backlog,
-                reuse_address=True,
+                protocol_factory, config.host, config.port, reuse_address=True, **listen
             )
         self._listeners.append(listener)
         self.addresses = [sock.getsockname() for sock in listener.sockets]
         self._tick_date(loop)
         self._sweep_deadlines(loop, _sweep_interval(config))
+        scheme = "https" if self._tls is not None else "http"
         for address in self.addresses:
-            error_logger.info("Serving %s on %s", description, _format_address(address))
+            error_logger.info("Serving %s on %s", description, _format_address(address, scheme))
 
     async def _build_handler(self, loop: asyncio.AbstractEventLoop) -> tuple[RequestHandler, str]:
         config = self.config
@@ -234,17 +245,28 @@ class Server:
             # Threads still inside an application are daemons; they do not hold the exit.
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, 1.0)
 
+    def reload_tls(self) -> bool:
+        """Load the certificate files again (what SIGHUP does): True when the new ones serve
+        from the next handshake on; False, one error line and the old ones kept otherwise."""
+        if self._tls is None:
+            return False
+        return self._tls.reload()
+
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._on_signal, signum)
+        if self._tls is not None:
+            # Without TLS, SIGHUP keeps its default meaning: nothing is reloadable.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
 
     def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
 
@@ -269,11 +291,11 @@ def _is_socket(path: str) -> bool:
     return stat.S_ISSOCK(os.stat(path).st_mode)
 
 
-def _format_address(address: Any) -> str:
+def _format_address(address: Any, scheme: str) -> str:
     if isinstance(address, tuple):
         host = f"[{address[0]}]" if ":" in address[0] else address[0]
-        return f"http://{host}:{address[1]}"
-    return f"unix:{address}"
+        return f"{scheme}://{host}:{address[1]}"
+    return f"unix:{address}" + (" (TLS)" if scheme == "https" else "")
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
