@@ -34,9 +34,13 @@ class Options:
     threads: int | None  # None: each server's own default
     workdir: Path  # where a launcher may write a config file
     stream_bytes: int
+    certfile: Path | None = None  # the one certificate (chain) every TLS server serves
+    keyfile: Path | None = None
 
 
 Build = Callable[[AppRef, int, Options], list[str]]
+# The flags that make a server speak TLS with a certificate and key.
+TLSFlags = Callable[[Path, Path], list[str]]
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,11 @@ class Server:
     baseline: bool = False
     adapter: str = ""  # for adapter servers: the prefix of the attribute in apps.adapters
     probe: Callable[[], str | None] | None = None  # extra availability check: why not, or None
+    tls: TLSFlags | None = None  # None: the server cannot serve TLS scenarios
 
     def app_for(self, scenario: Scenario) -> AppRef | None:
         """What this server serves for a scenario, or None when the scenario is not for it."""
-        if scenario.wsgi is None:
+        if scenario.wsgi is None or (scenario.tls and self.tls is None):
             return None
         if self.baseline:
             return AppRef(scenario.wsgi, "wsgi")
@@ -63,6 +68,13 @@ class Server:
         if scenario.asgi is not None:
             return AppRef(scenario.asgi, "asgi") if "asgi" in self.serves else None
         return AppRef(scenario.wsgi, "wsgi") if "wsgi" in self.serves else None
+
+    def argv(self, app: AppRef, port: int, opts: Options, tls: bool) -> list[str]:
+        argv = self.build(app, port, opts)
+        if tls:
+            assert self.tls is not None and opts.certfile and opts.keyfile
+            argv += self.tls(opts.certfile, opts.keyfile)
+        return argv
 
     def unavailable(self) -> str | None:
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -162,6 +174,20 @@ def _hypercorn(app: AppRef, port: int, opts: Options) -> list[str]:
     ]
 
 
+def _cert_key_flags(cert: str, key: str) -> TLSFlags:
+    def flags(certfile: Path, keyfile: Path) -> list[str]:
+        return [cert, str(certfile), key, str(keyfile)]
+
+    return flags
+
+
+def _cert_key_equals(certfile: Path, keyfile: Path) -> list[str]:
+    return [f"--certfile={certfile}", f"--keyfile={keyfile}"]
+
+
+_SSL_FLAGS = _cert_key_flags("--ssl-certfile", "--ssl-keyfile")  # dualgate and uvicorn alike
+
+
 def _adapter(name: str, module: str) -> Server:
     return Server(
         name=f"uvicorn+{name}",
@@ -181,6 +207,7 @@ SERVERS = (
         _wsgiref,
         "stdlib wsgiref.simple_server.make_server: single thread, HTTP/1.0, the baseline",
         baseline=True,
+        tls=_cert_key_flags("--certfile", "--keyfile"),
     ),
     Server(
         "dualgate",
@@ -189,6 +216,7 @@ SERVERS = (
         _dualgate("asyncio"),
         "dualgate with the stdlib asyncio loop",
         probe=_probe_dualgate,
+        tls=_SSL_FLAGS,
     ),
     Server(
         "dualgate-uvloop",
@@ -197,6 +225,7 @@ SERVERS = (
         _dualgate("uvloop"),
         "dualgate with uvloop",
         probe=_probe_dualgate_uvloop,
+        tls=_SSL_FLAGS,
     ),
     Server(
         "waitress",
@@ -211,6 +240,7 @@ SERVERS = (
         ("gunicorn",),
         _gunicorn("sync"),
         "gunicorn, one sync worker (no keep-alive)",
+        tls=_cert_key_equals,
     ),
     Server(
         "gunicorn-gthread",
@@ -218,6 +248,7 @@ SERVERS = (
         ("gunicorn",),
         _gunicorn("gthread"),
         "gunicorn, one gthread worker with 4 threads unless --threads",
+        tls=_cert_key_equals,
     ),
     Server(
         "uvicorn",
@@ -225,6 +256,7 @@ SERVERS = (
         ("uvicorn", "h11"),
         _uvicorn,
         "uvicorn --http h11 --loop asyncio; WSGI apps through its --interface wsgi",
+        tls=_SSL_FLAGS,
     ),
     Server(
         "hypercorn",
@@ -232,6 +264,7 @@ SERVERS = (
         ("hypercorn",),
         _hypercorn,
         "hypercorn, asyncio worker; WSGI apps through its wsgi: mode",
+        tls=_cert_key_equals,
     ),
     _adapter("dualgate", "dualgate"),
     _adapter("a2wsgi", "a2wsgi"),
