@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import socket
 from typing import Any, Literal, cast
 
 from dualgate.checks import Refusal
@@ -100,8 +101,12 @@ class HTTPProtocol(asyncio.Protocol):
         elif isinstance(local, str):
             self.server = (local, None)
         state = self.state
-        # No client address: a unix-socket peer, which `unix:` trusts.
-        self.believed = state.trust.believes_headers_from(client[0] if client else None)
+        if client is not None:
+            self.believed = state.trust.believes_headers_from(client[0])
+        elif self._given_client is None or _on_unix_socket(transport):
+            # A unix-socket peer (or one a PROXY header says came over a unix socket), which
+            # `unix:` trusts. A TCP peer whose address is unknown is believed by nobody.
+            self.believed = state.trust.believes_headers_from(None)
         tls = state.tls
         if tls is None:
             self.can_sendfile = loop_can_sendfile(self.loop)
@@ -379,3 +384,8 @@ class HTTPProtocol(asyncio.Protocol):
         if self.phase is not _UPGRADED:
             self.phase = _CLOSED
             self.transport.abort()
+
+
+def _on_unix_socket(transport: asyncio.BaseTransport) -> bool:
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.family == socket.AF_UNIX

@@ -183,14 +183,15 @@ def test_asgi_scope(
 # -- the same rules on the other listeners --------------------------------------------------
 
 
-def test_unix_socket_peer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_unix_socket_peer(tmp_path: Path, loop: str) -> None:
     """A unix-socket peer is believed with `unix:` (the default) and not without it."""
     path = str(tmp_path / "app.sock")
     forged = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n"
     forged += b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: example.com\r\n\r\n"
     for trust, believed in (("127.0.0.1,unix:", True), ("127.0.0.1", False)):
         with (
-            running_server(wsgi_view, uds=path, forwarded_allow_ips=trust, threads=2),
+            running_server(wsgi_view, uds=path, forwarded_allow_ips=trust, loop=loop),
             socket.socket(socket.AF_UNIX) as sock,
         ):
             sock.settimeout(10)
