@@ -103,9 +103,13 @@ class LoadRunner:
     def wrk_path() -> str | None:
         return shutil.which("wrk")
 
-    def http(self, port: int, path: str, load: Load, duration: float) -> Measurement:
+    def http(
+        self, port: int, path: str, load: Load, duration: float, tls: bool = False
+    ) -> Measurement:
         if self.tool == "wrk":
-            return self._wrk(port, path, load, duration)
+            return self._wrk(port, path, load, duration, "https" if tls else "http")
+        if tls:
+            return Measurement.failed("req/s", "builtin", "the built-in client speaks no TLS")
         argv = [
             *self._client("http", port, path, REQUEST_TIMEOUT),
             f"--connections={load.connections}",
@@ -161,7 +165,7 @@ class LoadRunner:
         except (ValueError, IndexError, TypeError):
             return Measurement.failed(unit, "builtin", done.stderr.strip()[-300:])
 
-    def _wrk(self, port: int, path: str, load: Load, duration: float) -> Measurement:
+    def _wrk(self, port: int, path: str, load: Load, duration: float, scheme: str) -> Measurement:
         seconds = max(1, round(duration))
         argv = [
             "wrk",
@@ -175,7 +179,7 @@ class LoadRunner:
         ]
         if load.close:
             argv += ["--header", "Connection: close"]
-        argv.append(f"http://{LOOPBACK}:{port}{path}")
+        argv.append(f"{scheme}://{LOOPBACK}:{port}{path}")
         done = run_bounded(argv, timeout=seconds + SLACK, cpus=self.cpus, env=self.env)
         if done.returncode is None:
             return Measurement.failed("req/s", "wrk", f"killed after {seconds + SLACK:.0f} s")

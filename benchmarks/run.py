@@ -114,7 +114,9 @@ class State:
 
 
 class Harness:
-    def __init__(self, args: argparse.Namespace, servers: list[Server], tool: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, servers: list[Server], tool: str, tls: bool = False
+    ) -> None:
         self.args = args
         self.servers = servers
         self.cores = procs.Cores.plan()
@@ -134,7 +136,8 @@ class Harness:
         self.unpinned_runner = LoadRunner(
             "wrk" if tool == "wrk" else "builtin", None, ROOT, self.env
         )
-        self.options = Options(args.threads, self.workdir, self.stream_bytes)
+        certfile, keyfile = _certificate(self.workdir) if tls else (None, None)
+        self.options = Options(args.threads, self.workdir, self.stream_bytes, certfile, keyfile)
         self.state = State()
 
     def plan(self, scenarios: list[Scenario]) -> list[Step]:
@@ -211,7 +214,7 @@ class Harness:
             return
         port = procs.free_port()
         options = dataclasses.replace(self.options, processes=scenario.processes)
-        argv = server.build(step.app, port, options)
+        argv = server.argv(step.app, port, options, scenario.tls)
         log_path = self.workdir / f"{server.name}-{scenario.name}-{step.round}.log"
         cpus = self.cores.server if scenario.processes == 1 else None
         with log_path.open("wb") as log:
@@ -256,9 +259,11 @@ class Harness:
         if scenario.kind == "http":
             runner = self.runner if scenario.processes == 1 else self.unpinned_runner
             if self.args.warmup > 0:
-                runner.http(port, scenario.path, Load("warmup", 10, False), self.args.warmup)
+                warmup = Load("warmup", 10, False)
+                runner.http(port, scenario.path, warmup, self.args.warmup, scenario.tls)
             for load in HTTP_LOADS:
-                self.record(step, load.name, runner.http(port, scenario.path, load, self.duration))
+                m = runner.http(port, scenario.path, load, self.duration, scenario.tls)
+                self.record(step, load.name, m)
             return
         if scenario.websocket:
             self.drive_websocket(step, port)
@@ -292,6 +297,19 @@ class Harness:
         self.runner.ws_stream(mode, port, scenario.path, min(self.stream_bytes, 8 * MIB), timeout)
         m = self.runner.ws_stream(mode, port, scenario.path, self.stream_bytes, timeout)
         self.record(step, report.STREAM_LOAD, m)
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    """One certificate for 127.0.0.1 (from a throw-away trustme CA) that every server serves;
+    the load generator does not verify it."""
+    import trustme
+
+    authority = trustme.CA()
+    leaf = authority.issue_cert("127.0.0.1", "localhost")
+    certfile, keyfile = directory / "cert.pem", directory / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(keyfile))
+    return certfile, keyfile
 
 
 def _show(load: str, m: Measurement) -> None:
@@ -352,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append("wrk not found (apt-get install wrk): request loads use the built-in client")
         tool = "builtin"
     tool = "wrk" if tool == "auto" else tool
-    harness = Harness(args, servers, tool)
+    harness = Harness(args, servers, tool, tls=any(s.tls for s in scenarios))
     harness.state.notes.extend(notes)
     for text in notes:
         say("note: " + text)

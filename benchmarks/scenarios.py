@@ -29,6 +29,8 @@ class Scenario:
     def websocket(self) -> bool:
         return self.kind in WEBSOCKET_KINDS
 
+    tls: bool = False  # served over HTTPS, with one certificate for every server
+
 
 SCENARIOS = (
     Scenario(
@@ -67,6 +69,28 @@ SCENARIOS = (
         quick=True,
         adapters=False,
         about="the hello response from an ASGI 3 app: the native ASGI path",
+    ),
+    Scenario(
+        "tls-hello",
+        "http",
+        "benchmarks.apps.hello:application",
+        None,
+        quick=False,
+        adapters=False,
+        about="the hello app over HTTPS (the same certificate for every server): what TLS adds "
+        "per request; close-c10 pays a full handshake per request",
+        tls=True,
+    ),
+    Scenario(
+        "tls-asgi-hello",
+        "http",
+        # wsgiref serves the WSGI hello over TLS as the baseline, as for asgi-hello.
+        "benchmarks.apps.hello:application",
+        "benchmarks.apps.asgi_hello:app",
+        quick=False,
+        adapters=False,
+        about="the ASGI hello over HTTPS: the native ASGI path with TLS",
+        tls=True,
     ),
     Scenario(
         "download",

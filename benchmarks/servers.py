@@ -34,10 +34,14 @@ class Options:
     threads: int | None  # None: each server's own default
     workdir: Path  # where a launcher may write a config file
     stream_bytes: int
+    certfile: Path | None = None  # the one certificate (chain) every TLS server serves
+    keyfile: Path | None = None
     processes: int = 1  # worker processes, for servers that are `multi`
 
 
 Build = Callable[[AppRef, int, Options], list[str]]
+# The flags that make a server speak TLS with a certificate and key.
+TLSFlags = Callable[[Path, Path], list[str]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Server:
     adapter: str = ""  # for adapter servers: the prefix of the attribute in apps.adapters
     probe: Callable[[], str | None] | None = None  # extra availability check: why not, or None
     multi: bool = False  # serves the scenarios with several worker processes
+    tls: TLSFlags | None = None  # None: the server cannot serve TLS scenarios
 
     def app_for(self, scenario: Scenario) -> AppRef | None:
         """What this server serves for a scenario, or None when the scenario is not for it."""
@@ -58,7 +63,7 @@ class Server:
             if scenario.asgi is None or "websocket" not in self.serves:
                 return None
             return AppRef(scenario.asgi, "asgi")
-        if scenario.wsgi is None:
+        if scenario.wsgi is None or (scenario.tls and self.tls is None):
             return None
         if scenario.processes > 1 and not (self.multi or self.baseline):
             return None
@@ -71,6 +76,13 @@ class Server:
         if scenario.asgi is not None:
             return AppRef(scenario.asgi, "asgi") if "asgi" in self.serves else None
         return AppRef(scenario.wsgi, "wsgi") if "wsgi" in self.serves else None
+
+    def argv(self, app: AppRef, port: int, opts: Options, tls: bool) -> list[str]:
+        argv = self.build(app, port, opts)
+        if tls:
+            assert self.tls is not None and opts.certfile and opts.keyfile
+            argv += self.tls(opts.certfile, opts.keyfile)
+        return argv
 
     def unavailable(self) -> str | None:
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -183,6 +195,20 @@ def _hypercorn(app: AppRef, port: int, opts: Options) -> list[str]:
     ]
 
 
+def _cert_key_flags(cert: str, key: str) -> TLSFlags:
+    def flags(certfile: Path, keyfile: Path) -> list[str]:
+        return [cert, str(certfile), key, str(keyfile)]
+
+    return flags
+
+
+def _cert_key_equals(certfile: Path, keyfile: Path) -> list[str]:
+    return [f"--certfile={certfile}", f"--keyfile={keyfile}"]
+
+
+_SSL_FLAGS = _cert_key_flags("--ssl-certfile", "--ssl-keyfile")  # dualgate and uvicorn alike
+
+
 def _adapter(name: str, module: str) -> Server:
     return Server(
         name=f"uvicorn+{name}",
@@ -202,6 +228,7 @@ SERVERS = (
         _wsgiref,
         "stdlib wsgiref.simple_server.make_server: single thread, HTTP/1.0, the baseline",
         baseline=True,
+        tls=_cert_key_flags("--certfile", "--keyfile"),
     ),
     Server(
         "dualgate",
@@ -211,6 +238,7 @@ SERVERS = (
         "dualgate with the stdlib asyncio loop",
         probe=_probe_dualgate,
         multi=True,
+        tls=_SSL_FLAGS,
     ),
     Server(
         "dualgate-uvloop",
@@ -220,6 +248,7 @@ SERVERS = (
         "dualgate with uvloop",
         probe=_probe_dualgate_uvloop,
         multi=True,
+        tls=_SSL_FLAGS,
     ),
     Server(
         "waitress",
@@ -234,6 +263,7 @@ SERVERS = (
         ("gunicorn",),
         _gunicorn("sync"),
         "gunicorn, one sync worker (no keep-alive)",
+        tls=_cert_key_equals,
     ),
     Server(
         "gunicorn-gthread",
@@ -242,6 +272,7 @@ SERVERS = (
         _gunicorn("gthread"),
         "gunicorn, one gthread worker with 4 threads unless --threads",
         multi=True,
+        tls=_cert_key_equals,
     ),
     Server(
         "uvicorn",
@@ -250,6 +281,7 @@ SERVERS = (
         _uvicorn,
         "uvicorn --http h11 --loop asyncio; WSGI apps through its --interface wsgi",
         multi=True,
+        tls=_SSL_FLAGS,
     ),
     Server(
         "uvicorn-websockets",
@@ -278,6 +310,7 @@ SERVERS = (
         ("hypercorn",),
         _hypercorn,
         "hypercorn, asyncio worker; WSGI apps through its wsgi: mode; wsproto for WebSockets",
+        tls=_cert_key_equals,
     ),
     _adapter("dualgate", "dualgate"),
     _adapter("a2wsgi", "a2wsgi"),

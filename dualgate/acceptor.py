@@ -15,6 +15,7 @@ import asyncio
 import errno
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from dualgate.logs import error_logger
 
@@ -34,8 +35,11 @@ class Acceptor:
         sock: socket.socket,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         batch: int,
+        **tls: Any,
     ) -> None:
         self._loop = loop
+        # ssl and ssl_handshake_timeout for connect_accepted_socket, under TLS.
+        self._tls = tls
         self._sock = sock
         self._factory = protocol_factory
         # At most this many accepts per wake-up, so one busy socket cannot starve the loop.
@@ -105,7 +109,7 @@ class Acceptor:
                 # client's delayed ACK.
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task: asyncio.Task[object] = self._loop.create_task(
-                self._loop.connect_accepted_socket(self._factory, conn)
+                self._loop.connect_accepted_socket(self._factory, conn, **self._tls)
             )
             self._pending.add(task)
             task.add_done_callback(self._connected)

@@ -34,6 +34,13 @@ class ClientGone(OSError):
     """send() after the client disconnected (the ASGI spec asks for an OSError subclass)."""
 
 
+def asgi_client(cycle: RequestCycle) -> tuple[str, int] | None:
+    if cycle.client is None:
+        return None
+    host, port = cycle.client
+    return (host, 0 if port is None else port)  # a forwarded address may come without a port
+
+
 def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | None) -> HTTPScope:
     request = cycle.request
     raw_path, _, query = request.target.partition(b"?")
@@ -42,6 +49,10 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path
+    client = asgi_client(cycle)
+    extensions: dict[str, Any] = {"http.response.pathsend": {}}
+    if cycle.tls is not None:
+        extensions["tls"] = cycle.tls
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": ASGI_VERSION,
@@ -53,9 +64,9 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
         "query_string": query,
         "root_path": root_path,
         "headers": request.headers,
-        "client": cycle.client,
+        "client": client,
         "server": cycle.server,
-        "extensions": {"http.response.pathsend": {}},
+        "extensions": extensions,
     }
     if state is not None:
         scope["state"] = state.copy()
@@ -237,7 +248,7 @@ class ASGIHandler:
         cycle.upgrade(
             WebSocketProtocol(
                 cycle.request,
-                client=cycle.client,
+                client=asgi_client(cycle),
                 server=cycle.server,
                 scheme="wss" if cycle.scheme == "https" else "ws",
                 app=self.app,

@@ -9,6 +9,10 @@ Rules of this file:
 - The cycle owns all response state: the head, its framing, the bytes still owed to a
   Content-Length, completion. It writes through its connection's narrow `Port` and tells the
   connection once, through `response_done` or `response_failed`, that the response is over.
+- `client`, `scheme` and `server` are what the application sees: the connection's, or what a
+  trusted proxy forwarded (set once by the connection before the handler runs). Every
+  interface (WSGI, ASGI, a WebSocket after an upgrade) reads them here and nowhere else. The
+  client's port is None when a proxy forwarded an address without one.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Port(Protocol):
     client: tuple[str, int] | None
     server: tuple[str, int | None] | None
     scheme: str
+    tls_extension: dict[str, Any] | None
+    can_sendfile: bool  # the loop has sendfile and the connection is not TLS
     transport: asyncio.Transport
 
     def write(self, data: bytes) -> None: ...
@@ -74,14 +80,16 @@ class RequestCycle:
         "server",
         "started_at",
         "status",
+        "tls",
     )
 
     def __init__(self, port: Port, request: Request) -> None:
         self._port = port
         self.request = request
-        self.client = port.client
+        self.client: tuple[str, int | None] | None = port.client
         self.server = port.server
         self.scheme = port.scheme
+        self.tls = port.tls_extension  # the ASGI TLS extension, when a client cert was asked for
         self.started_at = time.monotonic()
         self._body: deque[bytes] = deque()
         self._body_buffered = 0
@@ -115,6 +123,11 @@ class RequestCycle:
     def connections(self) -> set[Connection]:
         """The server's live connections, which a protocol taking over by `upgrade` joins."""
         return self._port.state.connections
+
+    @property
+    def can_sendfile(self) -> bool:
+        """Whether `sendfile` uses the OS's: not under TLS, nor on a loop without it (uvloop)."""
+        return self._port.can_sendfile
 
     # -- request body, the connection's side --------------------------------------------
 
@@ -278,10 +291,11 @@ class RequestCycle:
 
     async def _send_file(self, file: Any, offset: int, count: int) -> None:
         port = self._port
-        if loop_can_sendfile(port.loop):
+        if port.can_sendfile:
             await port.loop.sendfile(port.transport, file, offset, count)
             return
-        # Loops without sendfile (uvloop): read and write in blocks, waiting for drain.
+        # Under TLS (sendfile cannot encrypt) and on loops without sendfile (uvloop): read and
+        # write in blocks, waiting for drain.
         file.seek(offset)
         while count > 0 and not self.disconnected:
             block = file.read(min(count, 262144))

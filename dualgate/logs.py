@@ -41,12 +41,14 @@ def format_access(
     return f'{client} "{method} {target} HTTP/{version}" {status} {sent} {seconds * 1000:.1f}ms'
 
 
-def log_access(client: tuple[str, int] | None, cycle: RequestCycle) -> None:
-    """One access line for a finished (or broken-off) response."""
+def log_access(cycle: RequestCycle) -> None:
+    """One access line for a finished (or broken-off) response, naming the real client (the
+    one a trusted proxy forwarded, when it did)."""
     request = cycle.request
+    client = cycle.client
     access_logger.info(
         format_access(
-            f"{client[0]}:{client[1]}" if client else "-",
+            _client(client),
             request.method.decode("ascii", "replace"),
             request.target.decode("ascii", "replace"),
             request.http_version.decode("ascii"),
@@ -55,3 +57,9 @@ def log_access(client: tuple[str, int] | None, cycle: RequestCycle) -> None:
             time.monotonic() - cycle.started_at,
         )
     )
+
+
+def _client(client: tuple[str, int | None] | None) -> str:
+    if client is None:
+        return "-"
+    return client[0] if client[1] is None else f"{client[0]}:{client[1]}"

@@ -8,15 +8,24 @@ Rules: everything runs on the event loop thread. A refused request never reaches
 application, and nothing after it is read: a refusal always closes. Bytes that follow a
 complete request wait in the reader until its response is done (pipelining, in order), and
 reading pauses while they wait.
+
+The edge is decided once per connection, in `connection_made`: the client (the peer, or the
+address a PROXY header carried: edge.py passes it in), the scheme (https under TLS), whether
+forwarding headers are believed at all (`believed`), the ASGI TLS extension, and whether files
+may go out by sendfile (never under TLS: it cannot encrypt). Per request, only a believed
+connection reads the forwarding headers (`_forward`); the result goes on the cycle, where every
+interface reads client, scheme and server.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import enum
+import socket
+from typing import Any, Literal, cast
 
 from dualgate.checks import Refusal
-from dualgate.cycle import RequestCycle
+from dualgate.cycle import RequestCycle, loop_can_sendfile
 from dualgate.flow import Deadline, FlowControl
 from dualgate.framing import refusal_response
 from dualgate.logs import access_logger, error_logger, log_access
@@ -24,7 +33,7 @@ from dualgate.phases import MOVES, Phase
 from dualgate.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 from dualgate.state import ServerState
 
-__all__ = ["HTTPProtocol"]
+__all__ = ["FROM_PEER", "HTTPProtocol"]
 
 _IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
 
@@ -37,10 +46,24 @@ _FIRST_REQUEST_GRACE = 1.0
 _MAX_DRAIN = 1 << 20
 
 
+class _Peer(enum.Enum):
+    FROM_PEER = "the transport's peer"
+
+
+# The client is the transport's peer (no PROXY header in front of the connection).
+FROM_PEER: Literal[_Peer.FROM_PEER] = _Peer.FROM_PEER
+
+
 class HTTPProtocol(asyncio.Protocol):
-    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        loop: asyncio.AbstractEventLoop,
+        client: tuple[str, int] | Literal[_Peer.FROM_PEER] | None = FROM_PEER,
+    ) -> None:
         self.state = state
         self.loop = loop
+        self._given_client = client
         config = state.config
         self.reader = RequestReader(
             config.max_head_size, config.max_header_fields, config.max_body_size
@@ -52,6 +75,10 @@ class HTTPProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
         self.scheme = "http"
+        # Decided in connection_made, once per connection (see the module docstring).
+        self.believed = False
+        self.tls_extension: dict[str, Any] | None = None
+        self.can_sendfile = False
         self._over_limit = False
         self._served = False  # a request has reached the handler on this connection
         self._accepted_at = 0.0
@@ -69,14 +96,32 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         config = self.state.config
         self.flow = FlowControl(transport, self.loop, config.timeout_write, self._write_timed_out)
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.client = (str(peer[0]), int(peer[1]))
+        client = self._given_client
+        if client is FROM_PEER:
+            peer = transport.get_extra_info("peername")
+            client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self.client = client
         local = transport.get_extra_info("sockname")
         if isinstance(local, tuple) and len(local) >= 2:
             self.server = (str(local[0]), int(local[1]))
         elif isinstance(local, str):
             self.server = (local, None)
+        state = self.state
+        if client is not None:
+            self.believed = state.trust.believes_headers_from(client[0])
+        elif self._given_client is None or _on_unix_socket(transport):
+            # A unix-socket peer (or one a PROXY header says came over a unix socket), which
+            # `unix:` trusts. A TCP peer whose address is unknown is believed by nobody.
+            self.believed = state.trust.believes_headers_from(None)
+        tls = state.tls
+        if tls is None:
+            self.can_sendfile = loop_can_sendfile(self.loop)
+        else:
+            self.scheme = "https"
+            if state.tls_extension:
+                ssl_object = transport.get_extra_info("ssl_object")
+                if ssl_object is not None:
+                    self.tls_extension = tls.scope_extension(ssl_object)
         # Over the limit, the connection is still read far enough to answer 503, so the client
         # learns why instead of seeing a reset.
         self._over_limit = len(self.state.connections) >= config.limit_concurrency
@@ -105,10 +150,11 @@ class HTTPProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # A client may half-close after sending its request and still wait for the response,
-        # so the transport stays open for writing.
+        # so the transport stays open for writing. TLS has no half-close: the TLS layer closes
+        # after an EOF whatever is returned here (asyncio warns when asked to keep it open).
         self.reader.feed_eof()
         self._read_events()
-        return True
+        return self.scheme == "http"
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -150,11 +196,12 @@ class HTTPProtocol(asyncio.Protocol):
             self._in_events = False
 
     def _on_request(self, request: Request) -> None:
+        self.cycle = cycle = RequestCycle(self, request)
+        if self.believed:
+            self._forward(cycle)
         if self._over_limit or (self.state.shutting_down and self._served):
-            self.cycle = RequestCycle(self, request)
             self._refuse(Refusal(503, "Server busy, retry later", "busy"), retry_after=True)
             return
-        self.cycle = cycle = RequestCycle(self, request)
         self._served = True
         if request.has_body:
             self._move(_BODY)
@@ -167,6 +214,18 @@ class HTTPProtocol(asyncio.Protocol):
         except Exception:
             error_logger.exception("Request handler failed")
             cycle.respond_error(500, "Internal Server Error\n")
+
+    def _forward(self, cycle: RequestCycle) -> None:
+        """What a trusted proxy's forwarding headers say about this request, on the cycle."""
+        request = cycle.request
+        view = self.state.trust.forwarded(cycle.client, request.headers, cycle.scheme, cycle.server)
+        if view is None:
+            return
+        cycle.client = view.client
+        cycle.scheme = view.scheme
+        cycle.server = view.server
+        if view.host is not None:
+            cycle.request = request.with_host(view.host)
 
     def _on_body(self, data: bytes) -> None:
         if self.phase is _DRAINING:
@@ -211,7 +270,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def response_done(self, cycle: RequestCycle) -> None:
         if self.state.access_log:
-            log_access(self.client, cycle)
+            log_access(cycle)
         if self.phase is _CLOSED:
             return
         if not cycle.keep_alive or self.state.shutting_down:
@@ -230,7 +289,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def response_failed(self, cycle: RequestCycle) -> None:
         if self.state.access_log:
-            log_access(self.client, cycle)
+            log_access(cycle)
         self.close()
 
     def upgrade(self, cycle: RequestCycle, protocol: asyncio.BaseProtocol) -> None:
@@ -292,7 +351,7 @@ class HTTPProtocol(asyncio.Protocol):
             cycle.status = status
             cycle.complete = True
             if self.state.access_log:
-                log_access(self.client, cycle)
+                log_access(cycle)
         elif self.state.access_log:
             access_logger.info(
                 "%s refused before a request line: %d %s", self.client, status, message
@@ -342,3 +401,8 @@ class HTTPProtocol(asyncio.Protocol):
         if self.phase is not _UPGRADED:
             self.phase = _CLOSED
             self.transport.abort()
+
+
+def _on_unix_socket(transport: asyncio.BaseTransport) -> bool:
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.family == socket.AF_UNIX

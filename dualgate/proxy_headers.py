@@ -7,9 +7,10 @@ Per connection (once, cached per peer address, so an untrusted peer costs one di
     trust = ProxyTrust.from_config(config)        # once per server
     believed = trust.believes_headers_from(peer)  # peer: host string, or None / "unix"
 
-Per request, only when `believed`::
+Per request, only when `believed` (`resolve` asks the trust question itself; `forwarded` is
+the same without it, for a connection that asked once)::
 
-    view = trust.resolve(client, headers, scheme, server)
+    view = trust.forwarded(client, headers, scheme, server)
     if view is not None:  # None: nothing forwarded that changes anything; keep the connection's
         client, scheme, server = view.client, view.scheme, view.server
         if view.host is not None: ...  # the Host header (HTTP_HOST) becomes view.host
@@ -196,7 +197,7 @@ class ProxyTrust:
 
     def resolve(
         self,
-        client: tuple[str, int] | None,
+        client: Client | None,
         headers: Headers,
         scheme: str,
         server: Server | None,
@@ -204,6 +205,17 @@ class ProxyTrust:
         """The request as the application must see it, or None when nothing changes."""
         if not self.believes_headers_from(client[0] if client is not None else None):
             return None
+        return self.forwarded(client, headers, scheme, server)
+
+    def forwarded(
+        self,
+        client: Client | None,
+        headers: Headers,
+        scheme: str,
+        server: Server | None,
+    ) -> ForwardedView | None:
+        """`resolve` for a connection already known to be believed (asked once per connection):
+        only the headers are read."""
         found: dict[bytes, list[str]] | None = None
         for name, value in headers:
             if name in _NAMES:

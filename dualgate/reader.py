@@ -93,10 +93,23 @@ class Request:
 
     def with_target(self, target: bytes) -> Request:
         """The same request under another target (a router restoring a stripped prefix)."""
+        copy = self._copy()
+        copy.target = target
+        return copy
+
+    def with_host(self, host: bytes) -> Request:
+        """The same request with another Host (forwarded by a trusted proxy)."""
+        copy = self._copy()
+        headers = [(name, host if name == b"host" else value) for name, value in self.headers]
+        if not any(name == b"host" for name, _ in headers):
+            headers.append((b"host", host))  # an HTTP/1.0 request may have come without one
+        copy.headers = headers
+        return copy
+
+    def _copy(self) -> Request:
         copy = Request.__new__(Request)
         for name in Request.__slots__:
             setattr(copy, name, getattr(self, name))
-        copy.target = target
         return copy
 
 

@@ -1,9 +1,10 @@
 """`Server`: binds, serves, and stops gracefully; `run()` for the common case.
 
 The server owns everything that lives as long as it does: the listening sockets, the live
-connections (through ServerState), the worker pool, the once-a-second Date header, and the
-signal handlers. `started` tells an embedding program (or a test) when the sockets are bound and
-which address they got; `shutdown()` asks for a graceful stop from any thread.
+connections (through ServerState), the worker pool, the once-a-second Date header, the TLS
+context holder (SIGHUP reloads its files), and the signal handlers. `started` tells an
+embedding program (or a test) when the sockets are bound and which address they got;
+`shutdown()` asks for a graceful stop from any thread.
 
 A process manager (supervisor.py's workers, the gunicorn worker class, systemd) hands the server
 already-bound `sockets` and `ServerHooks`: callbacks on the loop for readiness, a heartbeat,
@@ -26,11 +27,13 @@ from dualgate.acceptor import Acceptor
 from dualgate.asgi import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app
 from dualgate.cycle import RequestCycle
+from dualgate.edge import EdgeProtocol
 from dualgate.logs import configure_logging, error_logger
 from dualgate.mounts import MountRouter
 from dualgate.pool import WorkerPool
 from dualgate.protocol import HTTPProtocol
 from dualgate.state import RequestHandler, ServerState
+from dualgate.tls import TLSContextHolder
 from dualgate.workers import WSGIHandler
 from dualgate.ws_handshake import websockets_unavailable
 
@@ -90,6 +93,7 @@ class Server:
         self._pool: WorkerPool | None = None
         self._lifespans: list[Lifespan] = []
         self._serves_asgi = False
+        self._tls: TLSContextHolder | None = None
         self.state: ServerState | None = None
 
     @property
@@ -147,73 +151,80 @@ class Server:
 
     async def _startup(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
+        # First, so a certificate that cannot be used stops the start before the app loads.
+        if config.ssl_certfile is not None:
+            self._tls = TLSContextHolder(config)
         handler, description = await self._build_handler(loop)
         if self.hooks.on_request is not None:
             handler = _counted(handler, self.hooks.on_request)
         if self._serves_asgi:
             self._check_websockets()
-        self.state = state = ServerState(config, handler)
+        self.state = state = ServerState(config, handler, self._tls)
+        listen: dict[str, Any] = {"backlog": config.backlog}
+        protocol_factory: Callable[[], asyncio.BaseProtocol]
+        if config.proxy_protocol:
+            # The PROXY header comes before any TLS byte: edge.py reads it, then runs TLS itself.
+            def protocol_factory() -> asyncio.BaseProtocol:
+                return EdgeProtocol(state, loop)
 
-        def protocol_factory() -> HTTPProtocol:
-            return HTTPProtocol(state, loop)
+        else:
+
+            def protocol_factory() -> asyncio.BaseProtocol:
+                return HTTPProtocol(state, loop)
+
+            if self._tls is not None:
+                # The handshake counts against the request-head deadline.
+                listen["ssl"] = self._tls.listener_context
+                listen["ssl_handshake_timeout"] = config.timeout_request_head
 
         if self.sockets:
-            await self._serve_sockets(loop, protocol_factory)
+            await self._serve_sockets(loop, protocol_factory, listen)
             listener = None
         elif config.uds is not None:
             if os.path.exists(config.uds) and _is_socket(config.uds):
                 os.unlink(config.uds)
-            listener = await loop.create_unix_server(
-                protocol_factory, config.uds, backlog=config.backlog
-            )
+            listener = await loop.create_unix_server(protocol_factory, config.uds, **listen)
         elif config.fd is not None:
             sock = socket.socket(fileno=config.fd)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
-                listener = await loop.create_server(
-                    protocol_factory, sock=sock, backlog=config.backlog
-                )
+                listener = await loop.create_server(protocol_factory, sock=sock, **listen)
             else:
-                listener = await loop.create_unix_server(
-                    protocol_factory, sock=sock, backlog=config.backlog
-                )
+                listener = await loop.create_unix_server(protocol_factory, sock=sock, **listen)
         else:
             listener = await loop.create_server(
-                protocol_factory,
-                config.host,
-                config.port,
-                backlog=config.backlog,
-                reuse_address=True,
+                protocol_factory, config.host, config.port, reuse_address=True, **listen
             )
         if listener is not None:
             self._listeners.append(listener)
             self.addresses = [sock.getsockname() for sock in listener.sockets]
         self._tick_date(loop)
         self._sweep_deadlines(loop, _sweep_interval(config))
+        scheme = "https" if self._tls is not None else "http"
         for address in self.addresses:
-            error_logger.info("Serving %s on %s", description, _format_address(address))
+            error_logger.info("Serving %s on %s", description, _format_address(address, scheme))
 
     async def _serve_sockets(
-        self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], HTTPProtocol]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        listen: dict[str, Any],
     ) -> None:
         for sock in self.sockets:
             if self.hooks.pause_when_busy:
                 # One connection per wake-up: every worker sharing the socket is woken by a new
                 # connection, and one that took the whole queue at once took 99 of 100
                 # connections opened together (one at a time: about 35 and 65).
-                acceptor = Acceptor(loop, sock, protocol_factory, batch=1)
+                tls = {key: value for key, value in listen.items() if key.startswith("ssl")}
+                acceptor = Acceptor(loop, sock, protocol_factory, batch=1, **tls)
                 acceptor.start()
                 self._acceptors.append(acceptor)
             elif sock.family == socket.AF_UNIX:
                 self._listeners.append(
-                    await loop.create_unix_server(
-                        protocol_factory, sock=sock, backlog=self.config.backlog
-                    )
+                    await loop.create_unix_server(protocol_factory, sock=sock, **listen)
                 )
             else:
                 self._listeners.append(
-                    await loop.create_server(
-                        protocol_factory, sock=sock, backlog=self.config.backlog
-                    )
+                    await loop.create_server(protocol_factory, sock=sock, **listen)
                 )
         self.addresses = [sock.getsockname() for sock in self.sockets]
 
@@ -355,6 +366,13 @@ class Server:
             # Threads still inside an application are daemons; they do not hold the exit.
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, 1.0)
 
+    def reload_tls(self) -> bool:
+        """Load the certificate files again (what SIGHUP does): True when the new ones serve
+        from the next handshake on; False, one error line and the old ones kept otherwise."""
+        if self._tls is None:
+            return False
+        return self._tls.reload()
+
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -364,11 +382,15 @@ class Server:
         for signum in self.hooks.force_signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._on_force_signal, signum)
+        if self._tls is not None:
+            # Without TLS, SIGHUP keeps its default meaning: nothing is reloadable.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
 
     def _remove_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for signum in (*self.hooks.graceful_signals, *self.hooks.force_signals):
+        for signum in (*self.hooks.graceful_signals, *self.hooks.force_signals, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signum)
 
@@ -409,11 +431,11 @@ def _is_socket(path: str) -> bool:
     return stat.S_ISSOCK(os.stat(path).st_mode)
 
 
-def _format_address(address: Any) -> str:
+def _format_address(address: Any, scheme: str) -> str:
     if isinstance(address, tuple):
         host = f"[{address[0]}]" if ":" in address[0] else address[0]
-        return f"http://{host}:{address[1]}"
-    return f"unix:{address}"
+        return f"{scheme}://{host}:{address[1]}"
+    return f"unix:{address}" + (" (TLS)" if scheme == "https" else "")
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

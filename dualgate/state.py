@@ -1,8 +1,10 @@
-"""What every connection of one server shares: settings, the handler, the live connections."""
+"""What every connection of one server shares: settings, the handler, the live connections, and
+the edge: whom to believe (ProxyTrust, built once) and the TLS context holder."""
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from email.utils import formatdate
@@ -10,10 +12,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from dualgate.grammar import Headers
 from dualgate.logs import access_logger
+from dualgate.proxy_headers import ProxyTrust
 
 if TYPE_CHECKING:
     from dualgate.config import Config
     from dualgate.cycle import RequestCycle
+    from dualgate.tls import TLSContextHolder
 
 __all__ = ["Connection", "RequestHandler", "ServerState"]
 
@@ -34,9 +38,16 @@ class Connection(Protocol):
 
 
 class ServerState:
-    def __init__(self, config: Config, handler: RequestHandler) -> None:
+    def __init__(
+        self, config: Config, handler: RequestHandler, tls: TLSContextHolder | None = None
+    ) -> None:
         self.config = config
         self.handler = handler
+        self.trust = ProxyTrust.from_config(config)
+        self.tls = tls
+        # The ASGI TLS extension is built per connection only when a client certificate is
+        # asked for (README "TLS").
+        self.tls_extension = tls is not None and tls.context.verify_mode != ssl.CERT_NONE
         self.connections: set[Connection] = set()
         self.shutting_down = False
         self.access_log = access_logger.isEnabledFor(logging.INFO)

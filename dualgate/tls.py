@@ -8,7 +8,8 @@
 `listener_context` is a fixed context whose SNI callback (which OpenSSL calls on every
 ClientHello, with or without a server name) hands the handshake to the holder's current
 context, so a reload reaches new connections without touching the listening socket. A
-connection that reads a PROXY header before its handshake can take `holder.context` itself.
+connection that reads a PROXY header before its handshake takes `holder.context` itself
+(tls_bio.py).
 
 Settings: TLS 1.2 at least; ALPN offers only http/1.1 (h2 comes with HTTP/2); client
 certificates per `--ssl-cert-reqs` (none/optional/required, or uvicorn's 0/1/2), checked
@@ -94,6 +95,9 @@ def build_context(config: Config) -> ssl.SSLContext:
         raise ConfigError("TLS needs --ssl-certfile")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A TLS 1.2 client may not renegotiate: it costs the server a handshake per request, and
+    # the memory-BIO path (tls_bio.py) never has to read in the middle of a write.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     if config.ssl_ciphers:
         try:

@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any
 from wsgiref.types import WSGIApplication
 
-from dualgate.cycle import RequestCycle, loop_can_sendfile
+from dualgate.cycle import RequestCycle
 from dualgate.paths import strip_root_path
 from dualgate.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
 from dualgate.wsgi import (
@@ -192,9 +192,10 @@ class ThreadSink:
                 drained.notify()
 
     def sendfile(self, file: Any, offset: int, count: int) -> bool:
-        if not loop_can_sendfile(self._loop):
-            # Say "cannot" before anything is sent, so run_wsgi sends the file in blocks
-            # through write(), reading it in this thread rather than on the loop.
+        if not self._cycle.can_sendfile:
+            # Under TLS or without a loop sendfile: say "cannot" before anything is sent, so
+            # run_wsgi sends the file in blocks through write(), reading it in this thread
+            # rather than on the loop.
             return False
         head, self._head = self._head, None
         future = asyncio.run_coroutine_threadsafe(

@@ -226,12 +226,16 @@ def build_environ(
     headers: Iterable[tuple[bytes, bytes]],
     http_version: str,
     scheme: str,
-    client: tuple[str, int] | None,
+    client: tuple[str, int | None] | None,
     server: tuple[str, int | None] | None,
     body: BodySource,
     multiprocess: bool = False,
 ) -> WSGIEnvironment:
-    """The environ of one request, from already-parsed parts (lower-cased header names)."""
+    """The environ of one request, from already-parsed parts (lower-cased header names).
+
+    `client` and `server` are what the application is to see (a trusted proxy's forwarded
+    values, when the server believed it); a client port of None leaves REMOTE_PORT empty.
+    """
     server_name, server_port = server if server is not None else ("localhost", None)
     if server_port is None:
         server_port = 443 if scheme == "https" else 80
@@ -244,7 +248,7 @@ def build_environ(
         "SERVER_PORT": str(server_port),
         "SERVER_PROTOCOL": "HTTP/" + http_version,
         "REMOTE_ADDR": client[0] if client else "",
-        "REMOTE_PORT": str(client[1]) if client else "",
+        "REMOTE_PORT": str(client[1]) if client and client[1] is not None else "",
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scheme,
         "wsgi.input": WSGIInput(body),
@@ -258,6 +262,8 @@ def build_environ(
     # Values of a repeated header, joined once at the end: joining as they come copies the
     # value so far for every repetition, quadratic time for a head of many duplicates.
     repeated: dict[str, list[str]] = {}
+    if scheme == "https":
+        environ["HTTPS"] = "on"  # the CGI variable some applications test instead
     for name, raw_value in headers:
         value = raw_value.decode("latin-1")
         if name == b"content-type":

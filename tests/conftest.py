@@ -229,7 +229,7 @@ def request(
 class ServerProcess:
     """A server in a subprocess; stderr is drained by a thread so the pipe never fills."""
 
-    PORT_LINE = re.compile(r"http://127\.0\.0\.1:(\d+)")
+    PORT_LINE = re.compile(r"https?://127\.0\.0\.1:(\d+)")
 
     def __init__(self, argv: list[str], cwd: str | os.PathLike[str] | None = None) -> None:
         self.process = subprocess.Popen(
@@ -253,7 +253,7 @@ class ServerProcess:
         self.lines.put(None)
 
     def wait_for_port(self, timeout: float = SOCKET_TIMEOUT) -> int:
-        """The port from the first log line naming http://127.0.0.1:PORT (bounded wait)."""
+        """The port from the first log line naming http(s)://127.0.0.1:PORT (bounded wait)."""
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()

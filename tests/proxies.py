@@ -1,7 +1,8 @@
 """Real proxies in front of a test upstream: nginx and HAProxy (Debian packages), and TLS certs.
 
 - `tls_certs`: a trustme CA, a server certificate for 127.0.0.1/localhost and a client
-  certificate, written as PEM files under tmp_path.
+  certificate, written as PEM files under tmp_path; `client_hello(certs)` the first bytes a
+  TLS client sends.
 - `nginx_proxy(upstream, tls=None)`: nginx on 127.0.0.1 and an ephemeral port, forwarding to
   a TCP (host, port) or a unix socket path with X-Forwarded-For/-Proto/-Host/-Port and
   Forwarded set; with `tls`, it terminates HTTPS.
@@ -19,6 +20,7 @@ stopped by its PID. .ci/run installs both packages when they are missing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -93,6 +95,15 @@ def make_certs(directory: Path, *, common_name: str = "dualgate-test-server") ->
 @pytest.fixture
 def tls_certs(tmp_path: Path) -> Certs:
     return make_certs(tmp_path / "certs")
+
+
+def client_hello(certs: Certs) -> bytes:
+    """The bytes of a ClientHello for this CA's server, as a client's first write."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = certs.client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
 
 # -- a raw upstream ------------------------------------------------------------------------
