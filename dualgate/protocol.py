@@ -9,31 +9,25 @@ application, and nothing after it is read: a refusal always closes. Bytes that f
 complete request wait in the reader until its response is done (pipelining, in order), and
 reading pauses while they wait.
 
-The edge is decided once per connection, in `connection_made`: the client (the peer, or the
-address a PROXY header carried: edge.py passes it in), the scheme (https under TLS), whether
-forwarding headers are believed at all (`believed`), the ASGI TLS extension, and whether files
-may go out by sendfile (never under TLS: it cannot encrypt). Per request, only a believed
-connection reads the forwarding headers (`_forward`); the result goes on the cycle, where every
-interface reads client, scheme and server.
+What a connection is (client, scheme, trust, TLS) is decided once, by peer.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import socket
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from dualgate.checks import Refusal
-from dualgate.cycle import RequestCycle, loop_can_sendfile
+from dualgate.cycle import RequestCycle
 from dualgate.flow import Deadline, FlowControl
 from dualgate.framing import refusal_response
 from dualgate.logs import access_logger, error_logger, log_access
+from dualgate.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.phases import MOVES, Phase
 from dualgate.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 from dualgate.state import ServerState
 
-__all__ = ["FROM_PEER", "HTTPProtocol"]
+__all__ = ["HTTPProtocol"]
 
 _IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
 
@@ -46,20 +40,12 @@ _FIRST_REQUEST_GRACE = 1.0
 _MAX_DRAIN = 1 << 20
 
 
-class _Peer(enum.Enum):
-    FROM_PEER = "the transport's peer"
-
-
-# The client is the transport's peer (no PROXY header in front of the connection).
-FROM_PEER: Literal[_Peer.FROM_PEER] = _Peer.FROM_PEER
-
-
 class HTTPProtocol(asyncio.Protocol):
     def __init__(
         self,
         state: ServerState,
         loop: asyncio.AbstractEventLoop,
-        client: tuple[str, int] | Literal[_Peer.FROM_PEER] | None = FROM_PEER,
+        client: GivenClient = FROM_PEER,
     ) -> None:
         self.state = state
         self.loop = loop
@@ -96,32 +82,10 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         config = self.state.config
         self.flow = FlowControl(transport, self.loop, config.timeout_write, self._write_timed_out)
-        client = self._given_client
-        if client is FROM_PEER:
-            peer = transport.get_extra_info("peername")
-            client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
-        self.client = client
-        local = transport.get_extra_info("sockname")
-        if isinstance(local, tuple) and len(local) >= 2:
-            self.server = (str(local[0]), int(local[1]))
-        elif isinstance(local, str):
-            self.server = (local, None)
         state = self.state
-        if client is not None:
-            self.believed = state.trust.believes_headers_from(client[0])
-        elif self._given_client is None or _on_unix_socket(transport):
-            # A unix-socket peer (or one a PROXY header says came over a unix socket), which
-            # `unix:` trusts. A TCP peer whose address is unknown is believed by nobody.
-            self.believed = state.trust.believes_headers_from(None)
-        tls = state.tls
-        if tls is None:
-            self.can_sendfile = loop_can_sendfile(self.loop)
-        else:
-            self.scheme = "https"
-            if state.tls_extension:
-                ssl_object = transport.get_extra_info("ssl_object")
-                if ssl_object is not None:
-                    self.tls_extension = tls.scope_extension(ssl_object)
+        facts = describe(transport, state, self.loop, self._given_client)
+        self.client, self.server, self.scheme, self.believed, self.tls_extension = facts[:5]
+        self.can_sendfile = facts.can_sendfile
         # Over the limit, the connection is still read far enough to answer 503, so the client
         # learns why instead of seeing a reset.
         self._over_limit = len(self.state.connections) >= config.limit_concurrency
@@ -198,7 +162,7 @@ class HTTPProtocol(asyncio.Protocol):
     def _on_request(self, request: Request) -> None:
         self.cycle = cycle = RequestCycle(self, request)
         if self.believed:
-            self._forward(cycle)
+            forward(cycle, self.state.trust)
         if self._over_limit or (self.state.shutting_down and self._served):
             self._refuse(Refusal(503, "Server busy, retry later", "busy"), retry_after=True)
             return
@@ -214,18 +178,6 @@ class HTTPProtocol(asyncio.Protocol):
         except Exception:
             error_logger.exception("Request handler failed")
             cycle.respond_error(500, "Internal Server Error\n")
-
-    def _forward(self, cycle: RequestCycle) -> None:
-        """What a trusted proxy's forwarding headers say about this request, on the cycle."""
-        request = cycle.request
-        view = self.state.trust.forwarded(cycle.client, request.headers, cycle.scheme, cycle.server)
-        if view is None:
-            return
-        cycle.client = view.client
-        cycle.scheme = view.scheme
-        cycle.server = view.server
-        if view.host is not None:
-            cycle.request = request.with_host(view.host)
 
     def _on_body(self, data: bytes) -> None:
         if self.phase is _DRAINING:
@@ -401,8 +353,3 @@ class HTTPProtocol(asyncio.Protocol):
         if self.phase is not _UPGRADED:
             self.phase = _CLOSED
             self.transport.abort()
-
-
-def _on_unix_socket(transport: asyncio.BaseTransport) -> bool:
-    sock = transport.get_extra_info("socket")
-    return sock is not None and sock.family == socket.AF_UNIX

@@ -1,0 +1,94 @@
+"""What one connection is, decided once when it is made; and what a proxy says per request.
+
+The edge is decided once per connection, by `describe` from `HTTPProtocol.connection_made`:
+the client (the peer, or the address a PROXY header carried: edge.py passes it in), the scheme
+(https under TLS), whether forwarding headers are believed at all (`believed`), the ASGI TLS
+extension, and whether files may go out by sendfile (never under TLS: it cannot encrypt). Per
+request, only a believed connection reads the forwarding headers (`forward`); the result goes
+on the cycle, where every interface reads client, scheme and server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+from typing import Any, Literal, NamedTuple
+
+from dualgate.cycle import RequestCycle, loop_can_sendfile
+from dualgate.proxy_headers import ProxyTrust
+from dualgate.state import ServerState
+
+__all__ = ["FROM_PEER", "ConnectionFacts", "GivenClient", "describe", "forward"]
+
+
+class _Peer(enum.Enum):
+    FROM_PEER = "the transport's peer"
+
+
+# The client is the transport's peer (no PROXY header in front of the connection).
+FROM_PEER: Literal[_Peer.FROM_PEER] = _Peer.FROM_PEER
+# Who the client of a new connection is: FROM_PEER, an address a PROXY header carried, or None
+# (a PROXY header's unix source, or LOCAL with no address).
+GivenClient = tuple[str, int] | Literal[_Peer.FROM_PEER] | None
+
+
+class ConnectionFacts(NamedTuple):
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+    scheme: str
+    believed: bool  # forwarding headers from this connection are read at all
+    tls_extension: dict[str, Any] | None
+    can_sendfile: bool
+
+
+def describe(
+    transport: asyncio.BaseTransport,
+    state: ServerState,
+    loop: asyncio.AbstractEventLoop,
+    given_client: GivenClient,
+) -> ConnectionFacts:
+    client = given_client
+    if client is FROM_PEER:
+        peer = transport.get_extra_info("peername")
+        client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+    server: tuple[str, int | None] | None = None
+    local = transport.get_extra_info("sockname")
+    if isinstance(local, tuple) and len(local) >= 2:
+        server = (str(local[0]), int(local[1]))
+    elif isinstance(local, str):
+        server = (local, None)
+    believed = False
+    if client is not None:
+        believed = state.trust.believes_headers_from(client[0])
+    elif given_client is None or _on_unix_socket(transport):
+        # A unix-socket peer (or one a PROXY header says came over a unix socket), which
+        # `unix:` trusts. A TCP peer whose address is unknown is believed by nobody.
+        believed = state.trust.believes_headers_from(None)
+    tls = state.tls
+    if tls is None:
+        return ConnectionFacts(client, server, "http", believed, None, loop_can_sendfile(loop))
+    extension = None
+    if state.tls_extension:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            extension = tls.scope_extension(ssl_object)
+    return ConnectionFacts(client, server, "https", believed, extension, False)
+
+
+def forward(cycle: RequestCycle, trust: ProxyTrust) -> None:
+    """What a trusted proxy's forwarding headers say about this request, on the cycle."""
+    request = cycle.request
+    view = trust.forwarded(cycle.client, request.headers, cycle.scheme, cycle.server)
+    if view is None:
+        return
+    cycle.client = view.client
+    cycle.scheme = view.scheme
+    cycle.server = view.server
+    if view.host is not None:
+        cycle.request = request.with_host(view.host)
+
+
+def _on_unix_socket(transport: asyncio.BaseTransport) -> bool:
+    sock = transport.get_extra_info("socket")
+    return sock is not None and sock.family == socket.AF_UNIX
