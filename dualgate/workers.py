@@ -1,8 +1,9 @@
 """The only code that crosses threads: the worker pool and the thread side of a request.
 
 Rules of this file:
-- Worker threads never touch a RequestCycle directly; they post to the loop with
-  `loop.call_soon_threadsafe`, which keeps the posts of one request in order.
+- Worker threads never touch a RequestCycle directly; they post to the loop through the
+  handler's `LoopInbox`, which keeps the posts of one request in order and wakes the loop once
+  for however many posts pile up before it runs.
 - The loop never blocks on a thread. Threads block only on their own condition variables, and
   every wait re-checks `cycle.disconnected`, so a vanished client frees its thread.
 - Backpressure lives in two places: `_ThreadBody` stops taking bytes from the cycle above the
@@ -19,6 +20,7 @@ import contextvars
 import functools
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from wsgiref.types import WSGIApplication
 
@@ -38,6 +40,42 @@ __all__ = ["WSGIHandler"]
 
 # How often a waiting thread wakes to notice a vanished client it was not told about.
 _WAKE_INTERVAL = 0.5
+
+
+class LoopInbox:
+    """Calls posted from worker threads, run on the loop in the order they came.
+
+    `loop.call_soon_threadsafe` writes to the loop's wake-up pipe on every call, and the loop
+    reads it back: two system calls per post. Under load several workers finish while the loop
+    is busy; their posts then share one wake-up.
+    """
+
+    __slots__ = ("_calls", "_lock", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, call: Callable[..., None], *args: Any) -> None:
+        """From any thread."""
+        self._calls.append((call, args))
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            # Cleared before running, so a post made meanwhile schedules another run rather
+            # than waiting for one that has already begun.
+            self._scheduled = False
+        calls = self._calls
+        while calls:
+            call, args = calls.popleft()
+            call(*args)
 
 
 class _ThreadBody:
@@ -122,11 +160,13 @@ class ThreadSink:
         self,
         cycle: RequestCycle,
         loop: asyncio.AbstractEventLoop,
+        inbox: LoopInbox,
         pool: WorkerPool,
         high_water: int,
     ) -> None:
         self._cycle = cycle
         self._loop = loop
+        self._post = inbox.post
         self._pool = pool
         self._high_water = high_water
         self._head: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
@@ -158,7 +198,7 @@ class ThreadSink:
             self._flush_posted = True
         if post:
             # One post carries every chunk written until the loop gets to it.
-            self._loop.call_soon_threadsafe(self._flush_on_loop)
+            self._post(self._flush_on_loop)
         with drained:
             if self._queued > self._high_water:
                 # Wait down to half the mark, not just under it, so the next chunks go out
@@ -228,9 +268,7 @@ class ThreadSink:
 
     def complete(self) -> None:
         """From the worker, once the application is done: the one post that finishes it all."""
-        self._loop.call_soon_threadsafe(
-            self._complete_on_loop, self._head, self._tail, self._aborted
-        )
+        self._post(self._complete_on_loop, self._head, self._tail, self._aborted)
 
     def _complete_on_loop(
         self,
@@ -268,6 +306,7 @@ class WSGIHandler:
     ) -> None:
         self.app = app
         self.multiprocess = multiprocess
+        self.inbox = LoopInbox(loop)
         self.pool = pool
         self.loop = loop
         self.root_path = root_path
@@ -291,7 +330,7 @@ class WSGIHandler:
             source = BytesSource(cycle.take_body()[0])
         else:
             source = _ThreadBody(cycle, self.loop, self.high_water)
-        sink = ThreadSink(cycle, self.loop, self.pool, self.high_water)
+        sink = ThreadSink(cycle, self.loop, self.inbox, self.pool, self.high_water)
         context = contextvars.copy_context()
         job = functools.partial(context.run, self._run, cycle, source, sink)
         self.pool.submit(job, functools.partial(_refuse_busy, cycle), self.worker_wait, self.loop)
