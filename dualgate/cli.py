@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from dualgate import __version__
 from dualgate.config import Config
-from dualgate.launch import exit_code_for, report, serve_config
+from dualgate.launch import reporting_failures, serve_config
 
 __all__ = ["main"]
 
@@ -78,16 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in args.items():
         if isinstance(value, list):  # repeatable flags: Config keeps tuples
             args[name] = tuple(value)
-    try:
-        return serve_config(Config(**args))
-    except KeyboardInterrupt:
-        return 0
-    except Exception as exc:
-        code = exit_code_for(exc)
-        if code is None:
-            raise
-        report(exc)
-        return code
+    return reporting_failures(lambda: serve_config(Config(**args)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the command line, each worker process and the supervisor report alike.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from dualgate.asgi import LifespanFailure
 from dualgate.config import AppLoadError, Config, ConfigError
@@ -19,6 +20,7 @@ __all__ = [
     "EXIT_WORKERS_FAILED",
     "exit_code_for",
     "report",
+    "reporting_failures",
     "run_server",
     "serve_config",
 ]
@@ -73,8 +75,13 @@ def report(exc: BaseException) -> None:
 
 def run_server(server: Server) -> int:
     """Server.run(), with a failure to start told in one line and turned into an exit code."""
+    return reporting_failures(server.run)
+
+
+def reporting_failures(serve: Callable[[], int]) -> int:
+    """`serve()`, with a failure to start told in one line and turned into an exit code."""
     try:
-        return server.run()
+        return serve()
     except KeyboardInterrupt:
         return 0
     except Exception as exc:
