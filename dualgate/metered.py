@@ -30,6 +30,7 @@ __all__ = ["SERVER", "LagProbe", "MeteredHTTPProtocol", "tagged"]
 SERVER = "server"  # the interface of answers the server gives itself
 _CLOSED = Phase.CLOSED
 _LAG_INTERVAL = 0.25
+_monotonic = time.monotonic
 
 
 class MeteredHTTPProtocol(HTTPProtocol):
@@ -46,20 +47,23 @@ class MeteredHTTPProtocol(HTTPProtocol):
             self.state.metrics.sent_bytes += len(data)
             self.transport.write(data)
 
+    # response_done and response_failed repeat each other rather than share a helper: one
+    # Python call less per request.
     def response_done(self, cycle: RequestCycle) -> None:
-        self._count(cycle)
-        HTTPProtocol.response_done(self, cycle)
-
-    def response_failed(self, cycle: RequestCycle) -> None:
-        self._count(cycle)
-        HTTPProtocol.response_failed(self, cycle)
-
-    def _count(self, cycle: RequestCycle) -> None:
         try:
             interface = cycle.interface
         except AttributeError:  # no tagged handler saw it: the server answered
             interface = SERVER
-        self.state.metrics.response(interface, cycle.status, time.monotonic() - cycle.started_at)
+        self.state.metrics.response(interface, cycle.status, _monotonic() - cycle.started_at)
+        HTTPProtocol.response_done(self, cycle)
+
+    def response_failed(self, cycle: RequestCycle) -> None:
+        try:
+            interface = cycle.interface
+        except AttributeError:
+            interface = SERVER
+        self.state.metrics.response(interface, cycle.status, _monotonic() - cycle.started_at)
+        HTTPProtocol.response_failed(self, cycle)
 
 
 def tagged(handler: RequestHandler, interface: str) -> RequestHandler:

@@ -16,6 +16,8 @@ with single C-level operations, so a reader sees each figure whole, if not all a
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from dualgate.pool import PoolFigures
 from dualgate.stats import DURATION_BOUNDS, LAG_BOUNDS, Histogram, Stats
 
@@ -25,16 +27,25 @@ __all__ = ["Metrics"]
 _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
+class _Interface:
+    """The requests of one interface: counts by status class, and their durations."""
+
+    __slots__ = ("durations", "statuses")
+
+    def __init__(self) -> None:
+        self.statuses = [0] * len(_CLASSES)  # indexed by status // 100; 0: none
+        self.durations = Histogram(DURATION_BOUNDS)
+
+
 class Metrics:
     __slots__ = (
+        "_interfaces",
         "connections_accepted",
         "connections_refused",
-        "durations",
         "loop_lag",
         "metered",
         "received_bytes",
         "refusals",
-        "requests",
         "sendfile_bytes",
         "sent_bytes",
         "timeouts",
@@ -51,8 +62,7 @@ class Metrics:
         self.sendfile_bytes = 0
         # Metered: counted only by metered.py's wiring.
         self.connections_accepted = 0
-        self.requests: dict[tuple[str, str], int] = {}
-        self.durations: dict[str, Histogram] = {}
+        self._interfaces: dict[str, _Interface] = {}
         self.received_bytes = 0
         self.sent_bytes = 0
         self.loop_lag = Histogram(LAG_BOUNDS)
@@ -70,13 +80,15 @@ class Metrics:
     def response(self, interface: str, status: int, seconds: float) -> None:
         """One request answered: by `interface` (wsgi, asgi, websocket, server) with `status`
         (0 when no response head went out), `seconds` after its head arrived."""
-        key = (interface, _CLASSES[status // 100] if status < 600 else "none")
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        histogram = self.durations.get(interface)
-        if histogram is None:
-            histogram = self.durations[interface] = Histogram(DURATION_BOUNDS)
-        histogram.observe(seconds)
+        # Once per request while metrics are on: lists indexed in place, no key built, no call
+        # but bisect's (about 0.25 µs; a dict keyed by (interface, class) took 0.37).
+        record = self._interfaces.get(interface)
+        if record is None:
+            record = self._interfaces[interface] = _Interface()
+        record.statuses[status // 100 if status < 600 else 0] += 1
+        durations = record.durations
+        durations.counts[bisect_left(DURATION_BOUNDS, seconds)] += 1
+        durations.sum += seconds
 
     # -- reading --------------------------------------------------------------------------
 
@@ -104,10 +116,11 @@ class Metrics:
                 stats.pool_wait = waits
         if metered:
             stats.connections_accepted = self.connections_accepted
-            stats.requests = dict(self.requests)
-            stats.request_duration = {
-                interface: histogram.copy() for interface, histogram in list(self.durations.items())
-            }
+            for interface, record in list(self._interfaces.items()):
+                for index, count in enumerate(list(record.statuses)):
+                    if count:
+                        stats.requests[(interface, _CLASSES[index])] = count
+                stats.request_duration[interface] = record.durations.copy()
             stats.received_bytes = self.received_bytes
             stats.sent_bytes = self.sent_bytes + self.sendfile_bytes
             stats.loop_lag = self.loop_lag.copy()
