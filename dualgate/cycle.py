@@ -9,8 +9,9 @@ Rules of this file:
 - The cycle owns all response state: the head, its framing, the bytes still owed to a
   Content-Length, completion. It writes through its connection's narrow `Port` and tells the
   connection once, through `response_done` or `response_failed`, that the response is over.
-- `interface` is written only while metrics are on, by the handler's tag (metered.py), so a
-  request costs nothing for it otherwise; it stays unset then.
+- `interface` (the figures of the interface that handles the request) is written only while
+  metrics are on, by the handler's tag (metered.py), so a request costs nothing for it
+  otherwise; it stays unset then.
 - `client`, `scheme` and `server` are what the application sees: the connection's, or what a
   trusted proxy forwarded (set once by the connection before the handler runs). Every
   interface (WSGI, ASGI, a WebSocket after an upgrade) reads them here and nowhere else. The
@@ -33,7 +34,7 @@ from dualgate.reader import Request
 
 if TYPE_CHECKING:
     from dualgate.config import Config
-    from dualgate.metrics import Metrics
+    from dualgate.metrics import InterfaceFigures, Metrics
     from dualgate.state import Connection, ServerState
 
 __all__ = ["Port", "RequestCycle", "loop_can_sendfile"]
@@ -87,8 +88,8 @@ class RequestCycle:
         "tls",
     )
 
-    # wsgi or asgi: set by metered.tagged only (see the rules above), never in __init__.
-    interface: str
+    # Set by metered.tagged only (see the rules above), never in __init__.
+    interface: InterfaceFigures
 
     def __init__(self, port: Port, request: Request) -> None:
         self._port = port

@@ -3,9 +3,9 @@
 
 `answer` decides, from a method and a target alone, for every place that serves these: the
 metrics listener of a server (its handler is `MetricsEndpoint`, on the event loop), the
-supervisor's own listener (scrape_server.py, without a loop), and `HealthFirst`, which stands
-before the application's handler on the server's own listeners while --health-path is set
-(and is not there at all otherwise).
+supervisor's own listener (scrape_server.py, without a loop), and `health_first`, which
+stands before the application's handler on the server's own listeners while --health-path is
+set (and is not there at all otherwise).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dualgate.grammar import Headers
 from dualgate.state import RequestHandler
 from dualgate.stats import Stats
 
-__all__ = ["METRICS_PATH", "Answer", "HealthFirst", "MetricsEndpoint", "answer"]
+__all__ = ["METRICS_PATH", "Answer", "MetricsEndpoint", "answer", "health_first"]
 
 METRICS_PATH = b"/metrics"
 _TEXT = b"text/plain; charset=utf-8"
@@ -95,29 +95,26 @@ class MetricsEndpoint:
         cycle.respond(status, headers, body)
 
 
-class HealthFirst:
-    """Answers --health-path itself, before any routing, then hands every other request on.
+def health_first(path: str, handler: RequestHandler, healthy: Callable[[], bool]) -> RequestHandler:
+    """`handler`, with --health-path answered before it: before any routing, on the loop.
 
-    200 while the server serves, 503 once it is stopping; from the loop, so it answers while
-    every worker thread is busy. Any query string is ignored; methods other than GET and HEAD
-    get 405.
+    200 while the server serves, 503 once it is stopping; so it answers while every worker
+    thread is busy. Any query string is ignored; methods other than GET and HEAD get 405. A
+    closure rather than a class with __call__: one test and one call per request, the least
+    a request not for it can pay.
     """
+    exact = path.encode("ascii")
+    with_query = exact + b"?"
 
-    __slots__ = ("_handler", "_healthy", "_path", "_path_query")
-
-    def __init__(self, path: str, handler: RequestHandler, healthy: Callable[[], bool]) -> None:
-        self._path = path.encode("ascii")
-        self._path_query = self._path + b"?"
-        self._handler = handler
-        self._healthy = healthy
-
-    def __call__(self, cycle: RequestCycle) -> None:
+    def check_health(cycle: RequestCycle) -> None:
         target = cycle.request.target
-        if target != self._path and not target.startswith(self._path_query):
-            self._handler(cycle)
+        if target != exact and not target.startswith(with_query):
+            handler(cycle)
             return
         if cycle.request.method in (b"GET", b"HEAD"):
-            status, headers, body = health(self._healthy())
+            status, headers, body = health(healthy())
         else:
             status, headers, body = _not_allowed()
         cycle.respond(status, headers, body)
+
+    return check_health

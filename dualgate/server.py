@@ -9,7 +9,7 @@ embedding program (or a test) when the sockets are bound and which address they 
 It also owns what it counts (metrics.py) and `stats()`, the snapshot of it. With
 --metrics-address it builds the metered wiring (metered.py) instead of the plain one, and a
 listener of its own for `GET /metrics`, answered on the loop (endpoint.py) and kept open until
-the drain is over; with --health-path, `HealthFirst` stands before the application's handler.
+the drain is over; with --health-path, `health_first` stands before the application's handler.
 Neither is built otherwise, so neither costs a request anything then.
 
 A process manager (supervisor.py's workers, the gunicorn worker class, systemd) hands the server
@@ -35,7 +35,7 @@ from dualgate.asgi import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app, parse_host_port
 from dualgate.cycle import RequestCycle
 from dualgate.edge import EdgeProtocol
-from dualgate.endpoint import HealthFirst, MetricsEndpoint
+from dualgate.endpoint import MetricsEndpoint, health_first
 from dualgate.logs import configure_logging, error_logger
 from dualgate.metered import LagProbe, MeteredHTTPProtocol, tagged
 from dualgate.metrics import Metrics
@@ -197,7 +197,7 @@ class Server:
             handler = _counted(handler, self.hooks.on_request)
         if config.health_path is not None:
             # Before everything else: a probe never counts towards --limit-max-requests.
-            handler = HealthFirst(config.health_path, handler, self._healthy)
+            handler = health_first(config.health_path, handler, self._healthy)
         if self._serves_asgi:
             self._check_websockets()
         metrics = self._metrics
@@ -318,7 +318,7 @@ class Server:
             root_path = config.root_path + prefix.rstrip("/")
             handler = await self._handler_for(loaded, root_path, loop)
             if self._metrics.metered:
-                handler = tagged(handler, loaded.interface)
+                handler = tagged(handler, self._metrics.interface(loaded.interface))
             routes.append((prefix.rstrip("/"), handler))
             kind = "WSGI" if loaded.interface == "wsgi" else "ASGI"
             described.append((prefix, f"{kind} app {loaded.source}"))
