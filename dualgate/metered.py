@@ -38,11 +38,9 @@ _monotonic = time.monotonic
 class MeteredHTTPProtocol(HTTPProtocol):
     # Set in connection_made: one attribute less to follow on every count.
     _metrics: Metrics
-    _server: InterfaceFigures
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._metrics = metrics = self.state.metrics
-        self._server = metrics.interface(SERVER)
         metrics.connections_accepted += 1
         HTTPProtocol.connection_made(self, transport)
 
@@ -59,7 +57,7 @@ class MeteredHTTPProtocol(HTTPProtocol):
         try:
             figures = cycle.interface
         except AttributeError:  # no tagged handler saw it: the server answered itself
-            figures = self._server
+            figures = self._metrics.interface(SERVER)
         # InterfaceFigures.record, inline (once per request).
         status = cycle.status
         figures.statuses[status // 100 if status < 600 else 0] += 1
@@ -73,7 +71,7 @@ class MeteredHTTPProtocol(HTTPProtocol):
         try:
             figures = cycle.interface
         except AttributeError:
-            figures = self._server
+            figures = self._metrics.interface(SERVER)
         figures.record(cycle.status, _monotonic() - cycle.started_at)
         HTTPProtocol.response_failed(self, cycle)
 
