@@ -44,6 +44,7 @@ _VARIANTS = {
 
 @dataclass
 class Run:
+    round: int
     variant: str
     requests_per_s: float
     cpu_us_per_request: float
@@ -58,22 +59,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def wrk(port: int, seconds: int, connections: int, cpus: frozenset[int] | None) -> str:
-    argv = [
-        "wrk",
-        "--threads=1",
-        f"--connections={connections}",
-        f"--duration={seconds}s",
-        "--latency",
-        f"http://{procs.LOOPBACK}:{port}/",
-    ]
+def wrk(port: int, seconds: int, connections: int, close: bool, cpus: frozenset[int] | None) -> str:
+    argv = ["wrk", "--threads=1", f"--connections={connections}", f"--duration={seconds}s"]
+    if close:
+        argv += ["--header", "Connection: close"]
+    argv += ["--latency", f"http://{procs.LOOPBACK}:{port}/"]
     done = procs.run_bounded(argv, timeout=seconds + 10, cpus=cpus)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout
 
 
-def measure(variant: str, args: argparse.Namespace, cores: procs.Cores) -> Run:
+def measure(index: int, variant: str, args: argparse.Namespace, cores: procs.Cores) -> Run:
     port = procs.free_port()
     argv = [sys.executable, "-m", "dualgate", "serve", args.app, "--host", procs.LOOPBACK]
     argv += ["--port", str(port), "--no-access-log", "--interface", args.interface]
@@ -83,16 +80,16 @@ def measure(variant: str, args: argparse.Namespace, cores: procs.Cores) -> Run:
         why = procs.wait_ready(proc, port, 30)
         if why is not None:
             raise RuntimeError(f"dualgate ({variant}) {why}")
-        wrk(port, args.warmup, args.connections, cores.load)
+        wrk(port, args.warmup, args.connections, args.close, cores.load)
         before = cpu_seconds(proc.pid)
-        text = wrk(port, args.duration, args.connections, cores.load)
+        text = wrk(port, args.duration, args.connections, args.close, cores.load)
         used = cpu_seconds(proc.pid) - before
     finally:
         procs.stop(proc)
     result = parse_wrk(text)
     if result.errors or not result.requests:
         raise RuntimeError(f"dualgate ({variant}): {result.errors} errors: {result.error_detail}")
-    return Run(variant, result.value, used / result.requests * 1e6, result.requests)
+    return Run(index, variant, result.value, used / result.requests * 1e6, result.requests)
 
 
 def recorders(count: int = 200_000) -> None:
@@ -154,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant")
     parser.add_argument("--duration", type=int, default=3, help="seconds of each timed wrk run")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of wrk before each")
-    parser.add_argument("--connections", type=int, default=10, help="wrk keep-alive connections")
+    parser.add_argument("--connections", type=int, default=10, help="wrk connections")
+    parser.add_argument(
+        "--close", action="store_true", help="a new connection per request (Connection: close)"
+    )
     parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     parser.add_argument("--app", default="benchmarks.apps.hello:application")
     parser.add_argument("--interface", default="wsgi", choices=["wsgi", "asgi"])
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Alternate the order, so drift on a shared machine hits every variant alike.
             order = variants if index % 2 == 0 else variants[::-1]
             for variant in order:
-                run = measure(variant, args, cores)
+                run = measure(index, variant, args, cores)
                 runs.append(run)
                 print(
                     f"round {index + 1} {variant:<9} {run.requests_per_s:9,.0f} req/s "
@@ -187,19 +187,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         procs.stop_all()
     reference = variants[0]
-    rate: dict[str, float] = {}
-    cpu: dict[str, float] = {}
     for variant in variants:
         mine = [run for run in runs if run.variant == variant]
-        rate[variant] = statistics.median(run.requests_per_s for run in mine)
-        cpu[variant] = statistics.median(run.cpu_us_per_request for run in mine)
-    for variant in variants:
-        line = f"median {variant:<9} {rate[variant]:9,.0f} req/s {cpu[variant]:7.2f} µs CPU/request"
-        if variant != reference:
-            faster = (rate[variant] / rate[reference] - 1) * 100
-            costlier = (cpu[variant] / cpu[reference] - 1) * 100
-            line += f"; against {reference}: req/s {faster:+.1f}%, CPU/request {costlier:+.1f}%"
-        print(line)
+        rate = statistics.median(run.requests_per_s for run in mine)
+        cpu = statistics.median(run.cpu_us_per_request for run in mine)
+        print(f"median {variant:<9} {rate:9,.0f} req/s {cpu:7.2f} µs CPU per request")
+    for variant in variants[1:]:
+        # Within each round, against the reference's run of that same round: a disturbance
+        # that lasts a round moves both, and the median drops the round it hit unevenly.
+        by_round = {run.round: run for run in runs if run.variant == reference}
+        pairs = [(run, by_round[run.round]) for run in runs if run.variant == variant]
+        faster = statistics.median(m.requests_per_s / t.requests_per_s - 1 for m, t in pairs)
+        costlier = statistics.median(
+            m.cpu_us_per_request / t.cpu_us_per_request - 1 for m, t in pairs
+        )
+        print(
+            f"{variant} against {reference}, median of the {len(pairs)} rounds' ratios: "
+            f"req/s {faster * 100:+.1f}%, CPU time per request {costlier * 100:+.1f}%"
+        )
     return 0
 
 
