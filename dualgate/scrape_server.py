@@ -58,8 +58,11 @@ class ScrapeServer:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ, self._accept)
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
+    def filenos(self) -> list[int]:
+        """Every descriptor of this listener, its connections' too: a forked worker closes
+        them, or a scraper's connection would stay open in the worker after the supervisor
+        closed it."""
+        return [self._sock.fileno(), *self._connections]
 
     def next_deadline(self) -> float | None:
         return min((c.deadline for c in self._connections.values()), default=None)

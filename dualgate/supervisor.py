@@ -468,7 +468,7 @@ class Supervisor:
         if self.change_fd is not None:
             fds.append(self.change_fd)
         if self._scrape is not None:
-            fds.append(self._scrape.fileno())
+            fds += self._scrape.filenos()
         return [fd for fd in fds if fd >= 0]
 
     def _read_channel(self, worker: Worker) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -134,3 +135,38 @@ def test_max_requests_restarts_and_health_through_a_graceful_stop(tmp_path: Path
         thread.join(SOCKET_TIMEOUT)
         assert in_flight == [b"HTTP/1.1 200 OK"]
         assert server.wait() == 0
+
+
+def test_restarts_for_a_reload_and_for_an_unresponsive_worker(tmp_path: Path) -> None:
+    (tmp_path / "blocking.py").write_text(
+        "import time\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    if scope['path'] == '/block':\n"
+        "        time.sleep(30)  # blocks the event loop itself\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    args = ("blocking:app", "--port", "0", "--workers", "1", "--lifespan", "off")
+    options = ("--timeout-worker-healthcheck", "1", "--metrics-address", "127.0.0.1:0")
+    with supervised(tmp_path, *args, *options) as server:
+        port, metrics = server.port(), metrics_port(server)
+        server.wait_for("1 worker\\(s\\) ready")
+        mark = server.mark()
+        server.signal(signal.SIGHUP)
+        server.wait_for("Replacement done", after=mark)
+        (stuck,) = server.children()
+        with socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT) as blocked:
+            blocked.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+            server.wait_for(f"Worker {stuck} died \\(killed by SIGKILL\\)", after=mark)
+
+        def counted() -> dict[str, float]:
+            samples = scrape(metrics)["dualgate_worker_restarts"]
+            return {s.labels["reason"]: float(s.value) for s in samples if float(s.value) != 0.0}
+
+        wait_until(
+            lambda: counted() == {"reload": 1, "unresponsive": 1},
+            10,
+            f"a reload and an unresponsive worker counted: {counted()}",
+        )
