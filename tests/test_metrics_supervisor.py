@@ -153,9 +153,11 @@ def test_restarts_for_a_reload_and_for_an_unresponsive_worker(tmp_path: Path) ->
     with supervised(tmp_path, *args, *options) as server:
         port, metrics = server.port(), metrics_port(server)
         server.wait_for("1 worker\\(s\\) ready")
+        (first,) = server.children()
         mark = server.mark()
         server.signal(signal.SIGHUP)
         server.wait_for("Replacement done", after=mark)
+        wait_until(lambda: first not in server.children(), 10, "the old worker gone")
         (stuck,) = server.children()
         with socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT) as blocked:
             blocked.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
