@@ -354,7 +354,13 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     scenarios = [s for s in SCENARIOS if args.scenarios is None or s.name in args.scenarios]
-    wanted = [s for s in SERVERS if args.servers is None or s.name in args.servers or s.baseline]
+    wanted = [
+        s
+        for s in SERVERS
+        if (args.servers is None and not s.opt_in)
+        or (args.servers is not None and s.name in args.servers)
+        or s.baseline
+    ]
     notes: list[str] = []
     if args.servers is not None and "wsgiref" not in args.servers:
         notes.append("wsgiref added: every ratio is to wsgiref in the same round")

@@ -56,6 +56,7 @@ class Server:
     probe: Callable[[], str | None] | None = None  # extra availability check: why not, or None
     multi: bool = False  # serves the scenarios with several worker processes
     tls: TLSFlags | None = None  # None: the server cannot serve TLS scenarios
+    opt_in: bool = False  # runs only when named in --servers (a variant, not a competitor)
 
     def app_for(self, scenario: Scenario) -> AppRef | None:
         """What this server serves for a scenario, or None when the scenario is not for it."""
@@ -122,10 +123,22 @@ def _probe_dualgate_uvloop() -> str | None:
     return None
 
 
-def _dualgate(loop: str) -> Build:
+def _probe_dualgate_metrics() -> str | None:
+    text = _dualgate_help()
+    if text is None:
+        return _probe_dualgate()
+    if "--metrics-address" not in text:
+        return "the dualgate CLI has no `--metrics-address`"
+    return None
+
+
+def _dualgate(loop: str, metrics: bool = False) -> Build:
     def build(app: AppRef, port: int, opts: Options) -> list[str]:
         argv = [PY, "-m", "dualgate", "serve", app.target, "--host", LOOPBACK, "--port", str(port)]
         argv += ["--no-access-log", "--interface", app.interface]
+        if metrics:
+            # Every figure counted, a metrics listener on a free port, and the health answer.
+            argv += ["--metrics-address", f"{LOOPBACK}:0", "--health-path", "/healthz"]
         if "--loop" in (_dualgate_help() or ""):
             argv += ["--loop", loop]
         if opts.threads is not None:
@@ -249,6 +262,17 @@ SERVERS = (
         probe=_probe_dualgate_uvloop,
         multi=True,
         tls=_SSL_FLAGS,
+    ),
+    Server(
+        "dualgate-metrics",
+        frozenset({"wsgi", "asgi", "websocket"}),
+        ("dualgate", "h11"),
+        _dualgate("asyncio", metrics=True),
+        "dualgate (asyncio) with --metrics-address and --health-path: what metrics cost",
+        probe=_probe_dualgate_metrics,
+        multi=True,
+        tls=_SSL_FLAGS,
+        opt_in=True,
     ),
     Server(
         "waitress",

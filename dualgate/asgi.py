@@ -256,6 +256,7 @@ class ASGIHandler:
                 state=state,
                 config=cycle.config,
                 connections=cycle.connections,
+                metrics=cycle.metrics,
             )
         )
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from dualgate.proxy_headers import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_list
 
-__all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app"]
+__all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app", "parse_host_port"]
 
 Interface = Literal["auto", "asgi", "wsgi"]
 Lifespan = Literal["auto", "on", "off"]
@@ -98,6 +98,37 @@ def _ciphers(name: str, value: str | None) -> None:
             check_ciphers(value)
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT, with an IPv6 host in brackets ([::1]:9100); ValueError says what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"takes HOST:PORT (e.g. 127.0.0.1:9100 or [::1]:9100), got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 host goes in brackets ([::1]:9100), got {text!r}")
+    if not host or int(port) > 65535:
+        raise ValueError(f"takes HOST:PORT with a port up to 65535, got {text!r}")
+    return host, int(port)
+
+
+def _host_port(name: str, value: str | None) -> None:
+    if value is not None:
+        try:
+            parse_host_port(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {exc}") from None
+
+
+def _health_path(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    if not value.startswith("/") or any(c in value for c in "?# ") or not value.isascii():
+        raise ConfigError(f"{name} must be a path starting with /, without a query, got {value!r}")
+    if not value.isprintable():
+        raise ConfigError(f"{name} must be printable, got {value!r}")
 
 
 def _forwarded_allow_ips() -> str:
@@ -295,6 +326,29 @@ class Config:
         60.0,
         "seconds a WebSocket may stall with a peer that takes no bytes before it is dropped",
         check=_positive,
+    )
+
+    # -- metrics and health (metrics.py, metered.py, endpoint.py); README "Metrics" and
+    #    "Health" list every figure and say what each costs.
+    metrics_address: str | None = _setting(
+        None,
+        "serve Prometheus metrics at http://HOST:PORT/metrics, answered by the event loop "
+        "(with --workers: by the supervisor, for every worker); port 0 picks a free port",
+        check=_host_port,
+        metavar="HOST:PORT",
+    )
+    health_path: str | None = _setting(
+        None,
+        "answer GET PATH with 200 (503 once stopping) from the server itself, before the "
+        "application and without a worker thread",
+        check=_health_path,
+        metavar="PATH",
+    )
+    pool_warning_interval: float = _setting(
+        60.0,
+        "while WSGI requests wait for a free worker thread, say so in dualgate.error at most "
+        "once per this many seconds; 0 never",
+        check=_non_negative,
     )
 
     def __post_init__(self) -> None:

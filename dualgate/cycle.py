@@ -9,6 +9,9 @@ Rules of this file:
 - The cycle owns all response state: the head, its framing, the bytes still owed to a
   Content-Length, completion. It writes through its connection's narrow `Port` and tells the
   connection once, through `response_done` or `response_failed`, that the response is over.
+- `interface` (the figures of the interface that handles the request) is written only while
+  metrics are on, by the handler's tag (metered.py), so a request costs nothing for it
+  otherwise; it stays unset then.
 - `client`, `scheme` and `server` are what the application sees: the connection's, or what a
   trusted proxy forwarded (set once by the connection before the handler runs). Every
   interface (WSGI, ASGI, a WebSocket after an upgrade) reads them here and nowhere else. The
@@ -31,6 +34,7 @@ from dualgate.reader import Request
 
 if TYPE_CHECKING:
     from dualgate.config import Config
+    from dualgate.metrics import InterfaceFigures, Metrics
     from dualgate.state import Connection, ServerState
 
 __all__ = ["Port", "RequestCycle", "loop_can_sendfile"]
@@ -71,6 +75,7 @@ class RequestCycle:
         "complete",
         "disconnected",
         "head_sent",
+        "interface",
         "keep_alive",
         "on_body_ready",
         "on_disconnect",
@@ -82,6 +87,9 @@ class RequestCycle:
         "status",
         "tls",
     )
+
+    # Set by metered.tagged only (see the rules above), never in __init__.
+    interface: InterfaceFigures
 
     def __init__(self, port: Port, request: Request) -> None:
         self._port = port
@@ -118,6 +126,13 @@ class RequestCycle:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._port.loop
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The server's Metrics while metrics are on (for a protocol taking over by `upgrade`
+        to count what it answers), else None."""
+        metrics = self._port.state.metrics
+        return metrics if metrics.metered else None
 
     @property
     def connections(self) -> set[Connection]:
@@ -292,7 +307,9 @@ class RequestCycle:
     async def _send_file(self, file: Any, offset: int, count: int) -> None:
         port = self._port
         if port.can_sendfile:
-            await port.loop.sendfile(port.transport, file, offset, count)
+            sent = await port.loop.sendfile(port.transport, file, offset, count)
+            # The OS wrote these bytes, not port.write: counted here, one step per file.
+            port.state.metrics.sendfile_bytes += sent
             return
         # Under TLS (sendfile cannot encrypt) and on loops without sendfile (uvloop): read and
         # write in blocks, waiting for drain.

@@ -29,9 +29,15 @@ __all__ = ["EdgeProtocol"]
 
 
 class EdgeProtocol(asyncio.Protocol):
-    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        loop: asyncio.AbstractEventLoop,
+        http: type[HTTPProtocol] = HTTPProtocol,
+    ) -> None:
         self.state = state
         self.loop = loop
+        self._http = http  # the protocol the connection is handed to (metered.py's, when on)
         self.transport: asyncio.Transport
         self._reader = ProxyHeaderReader()
         self._peer: tuple[str, int] | None = None
@@ -94,7 +100,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _hand_over(self, transport: asyncio.Transport, leftover: bytes) -> None:
         self._release()
-        protocol = HTTPProtocol(self.state, self.loop, client=self._client)
+        protocol = self._http(self.state, self.loop, client=self._client)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if leftover:
@@ -111,6 +117,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         if self._deadline and now >= self._deadline:
+            self.state.metrics.timed_out("head")
             stage = "PROXY header" if self._tls is None else "TLS handshake"
             error_logger.debug("%s: no complete %s in time; closing", self._name(), stage)
             self.close()

@@ -1,8 +1,13 @@
 """The bounded pool of worker threads that run WSGI applications, and its "pool full" answer.
 
 It is shared by the server (workers.py) and by `WSGIMiddleware`, which runs under any ASGI
-server: so this module imports nothing of dualgate's HTTP core (nor h11), only the stdlib and
-dualgate's loggers.
+server: so this module imports nothing of dualgate's HTTP core (nor h11), only the stdlib,
+dualgate's loggers and its plain figures (stats.py).
+
+What the pool counts costs nothing while it has free threads: a request that waits, and one that
+is refused, is counted on that slower path only. `CountingWorkerPool` (metrics on) also counts
+every job, so the wait histogram can hold those that got a thread at once; `PoolWarning` says in
+dualgate.error that requests wait, for operators without metrics.
 """
 
 from __future__ import annotations
@@ -13,10 +18,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from dualgate.logs import error_logger
+from dualgate.stats import WAIT_BOUNDS, Histogram
 
-__all__ = ["BUSY_MESSAGE", "BUSY_RETRY_AFTER", "BUSY_STATUS", "Job", "WorkerPool"]
+__all__ = [
+    "BUSY_MESSAGE",
+    "BUSY_RETRY_AFTER",
+    "BUSY_STATUS",
+    "CountingWorkerPool",
+    "Job",
+    "PoolFigures",
+    "PoolWarning",
+    "WorkerPool",
+]
 
 Job = Callable[[], None]
 
@@ -26,6 +42,24 @@ Job = Callable[[], None]
 BUSY_STATUS = 503
 BUSY_RETRY_AFTER = (b"retry-after", b"1")
 BUSY_MESSAGE = "All workers are busy, retry later\n"
+
+
+class PoolFigures(NamedTuple):
+    threads: int
+    busy: int
+    waiting: int  # jobs waiting for a thread now
+    longest_wait: float  # seconds the oldest of them has waited so far
+    refused: int  # jobs refused (no thread within their wait), ever
+    waits: Histogram  # waits of the jobs that waited and then got a thread
+    at_once: int  # jobs that got a thread at once (CountingWorkerPool only; else 0)
+
+
+class _Window(NamedTuple):
+    """What happened since PoolWarning last looked."""
+
+    waited: int
+    refused: int
+    longest_wait: float
 
 
 class WorkerPool:
@@ -45,9 +79,16 @@ class WorkerPool:
         # loop, under the pool's lock: it must not call back into the pool). A worker process
         # stops accepting in between (server.py, ServerHooks.pause_when_busy).
         self.on_full: Callable[[bool], None] | None = None
-        # Jobs waiting for a thread: (job, on_refused, deadline), oldest first.
-        self._waiting: deque[tuple[Job, Callable[[], None], float]] = deque()
+        # Jobs waiting for a thread: (job, on_refused, deadline, since), oldest first; `since` is
+        # time.monotonic() when it began to wait.
+        self._waiting: deque[tuple[Job, Callable[[], None], float, float]] = deque()
         self._expiry: asyncio.TimerHandle | None = None
+        # Counted on the slow paths only (under the lock): see the module docstring.
+        self._refused = 0
+        self._waits = Histogram(WAIT_BOUNDS)
+        self._window_waited = 0
+        self._window_refused = 0
+        self._window_longest = 0.0
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
             for index in range(size)
@@ -78,7 +119,8 @@ class WorkerPool:
                 return
             if wait > 0:
                 deadline = loop.time() + wait
-                self._waiting.append((job, on_refused, deadline))
+                self._waiting.append((job, on_refused, deadline, time.monotonic()))
+                self._window_waited += 1
                 if self._expiry is None or deadline < self._expiry.when():
                     # One timer for all waiters: a timer per waiting request cost the loop
                     # more than the wait itself under load.
@@ -86,6 +128,8 @@ class WorkerPool:
                         self._expiry.cancel()
                     self._expiry = loop.call_at(deadline, self._expire, loop)
                 return
+            self._refused += 1
+            self._window_refused += 1
         on_refused()
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -98,17 +142,51 @@ class WorkerPool:
             if self._waiting:
                 soonest = min(entry[2] for entry in self._waiting)
                 self._expiry = loop.call_at(soonest, self._expire, loop)
-        for _job, on_refused, _deadline in expired:
+            if expired:
+                self._refused += len(expired)
+                self._window_refused += len(expired)
+                waited = time.monotonic() - expired[0][3]
+                self._window_longest = max(self._window_longest, waited)
+        for _job, on_refused, _deadline, _since in expired:
             on_refused()
 
     def release(self) -> None:
         with self._lock:
             if self._waiting:
-                self._jobs.put(self._waiting.popleft()[0])
+                job, _on_refused, _deadline, since = self._waiting.popleft()
+                self._jobs.put(job)
+                waited = time.monotonic() - since
+                self._waits.observe(waited)
+                self._window_longest = max(self._window_longest, waited)
             else:
                 self._free += 1
                 if self._free == 1 and self.on_full is not None:
                     self.on_full(False)
+
+    def figures(self) -> PoolFigures:
+        """The pool now; safe from any thread."""
+        with self._lock:
+            longest = time.monotonic() - self._waiting[0][3] if self._waiting else 0.0
+            return PoolFigures(
+                threads=self.size,
+                busy=self.size - self._free,
+                waiting=len(self._waiting),
+                longest_wait=longest,
+                refused=self._refused,
+                waits=self._waits.copy(),
+                at_once=self._at_once(),
+            )
+
+    def _at_once(self) -> int:
+        return 0
+
+    def take_window(self) -> _Window:
+        """What happened since the last call (for PoolWarning), and start afresh."""
+        with self._lock:
+            window = _Window(self._window_waited, self._window_refused, self._window_longest)
+            self._window_waited = self._window_refused = 0
+            self._window_longest = 0.0
+            return window
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop the threads once their jobs end, waiting at most `timeout` seconds in all."""
@@ -117,3 +195,63 @@ class WorkerPool:
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+class CountingWorkerPool(WorkerPool):
+    """A WorkerPool that also counts every job submitted (metrics on).
+
+    A plain pool takes no step for a job that finds a free thread; this one takes one, so that
+    the wait histogram can put those jobs in its first bucket.
+    """
+
+    def __init__(self, size: int, name: str = "dualgate-worker") -> None:
+        super().__init__(size, name)
+        self._submitted = 0
+
+    def submit(
+        self,
+        job: Job,
+        on_refused: Callable[[], None],
+        wait: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._submitted += 1
+        WorkerPool.submit(self, job, on_refused, wait, loop)
+
+    def _at_once(self) -> int:
+        # Every job submitted got a thread at once, got one after waiting, was refused, or waits
+        # now. Read on the loop, where jobs are submitted, this is exact; from another thread a
+        # job being submitted may count here for a moment before it is seen waiting.
+        settled = self._waits.count + self._refused + len(self._waiting)
+        return max(0, self._submitted - settled)
+
+
+class PoolWarning:
+    """Says in dualgate.error, at most once per `interval` seconds, that requests waited for a
+    thread, with the figures: so an operator without metrics learns that --threads is low."""
+
+    def __init__(self, pool: WorkerPool, interval: float) -> None:
+        self._pool = pool
+        self._interval = interval
+        self._last: float | None = None
+
+    def check(self, now: float) -> None:
+        """Called regularly (once a second) with time.monotonic()."""
+        if self._last is not None and now - self._last < self._interval:
+            return  # what happens meanwhile is kept for the next warning
+        figures = self._pool.figures()
+        window = self._pool.take_window()
+        if not window.waited and not figures.waiting:
+            return
+        self._last = now
+        error_logger.warning(
+            "WSGI requests are waiting for a worker thread: %d threads, %d busy, %d waiting now, "
+            "longest wait %.2fs; %d waited and %d got a 503 since the last warning "
+            "(--threads may be too low)",
+            figures.threads,
+            figures.busy,
+            figures.waiting,
+            max(figures.longest_wait, window.longest_wait),
+            window.waited,
+            window.refused,
+        )

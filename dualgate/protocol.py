@@ -10,6 +10,10 @@ complete request wait in the reader until its response is done (pipelining, in o
 reading pauses while they wait.
 
 What a connection is (client, scheme, trust, TLS) is decided once, by peer.py.
+
+Counting: refusals, timeouts and connections over the limit are counted here, on those paths
+only (they are free); whatever every request would pay for is counted by metered.py's subclass,
+which the server builds only while metrics are on.
 """
 
 from __future__ import annotations
@@ -164,6 +168,8 @@ class HTTPProtocol(asyncio.Protocol):
         if self.believed:
             forward(cycle, self.state.trust)
         if self._over_limit or (self.state.shutting_down and self._served):
+            if self._over_limit:
+                self.state.metrics.connections_refused += 1
             self._refuse(Refusal(503, "Server busy, retry later", "busy"), retry_after=True)
             return
         self._served = True
@@ -283,6 +289,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _refuse(self, refusal: Refusal, retry_after: bool = False) -> None:
         """Answer a request that must not reach the application, then close."""
+        self.state.metrics.refused(refusal.kind)
         cycle = self.cycle
         if cycle is not None and cycle.head_sent:
             self.close()
@@ -315,6 +322,7 @@ class HTTPProtocol(asyncio.Protocol):
         kind = self.flow.expired(now)
         if kind is None or self.phase is _CLOSED:
             return
+        self.state.metrics.timed_out(kind.value)
         if kind is Deadline.HEAD:
             error_logger.debug("%s: request head not received in time", self.client)
             self._refuse(Refusal(408, "Request head not received in time", "timeout"))
@@ -324,6 +332,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _write_timed_out(self) -> None:
         if self.phase is not _CLOSED:
+            self.state.metrics.timed_out(Deadline.WRITE.value)
             error_logger.debug("%s: closing, the client took no bytes in time", self.client)
             self.force_close()
 

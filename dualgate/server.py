@@ -6,6 +6,12 @@ context holder (SIGHUP reloads its files), and the signal handlers. `started` te
 embedding program (or a test) when the sockets are bound and which address they got;
 `shutdown()` asks for a graceful stop from any thread.
 
+It also owns what it counts (metrics.py) and `stats()`, the snapshot of it. With
+--metrics-address it builds the metered wiring (metered.py) instead of the plain one, and a
+listener of its own for `GET /metrics`, answered on the loop (endpoint.py) and kept open until
+the drain is over; with --health-path, `health_first` stands before the application's handler.
+Neither is built otherwise, so neither costs a request anything then.
+
 A process manager (supervisor.py's workers, the gunicorn worker class, systemd) hands the server
 already-bound `sockets` and `ServerHooks`: callbacks on the loop for readiness, a heartbeat,
 each request and the start of a stop, and which signals stop the server.
@@ -19,20 +25,25 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dualgate.acceptor import Acceptor
 from dualgate.asgi import ASGIHandler, Lifespan
-from dualgate.config import Config, ConfigError, LoadedApp, load_app
+from dualgate.config import Config, ConfigError, LoadedApp, load_app, parse_host_port
 from dualgate.cycle import RequestCycle
 from dualgate.edge import EdgeProtocol
+from dualgate.endpoint import MetricsEndpoint, health_first
 from dualgate.logs import configure_logging, error_logger
+from dualgate.metered import LagProbe, MeteredHTTPProtocol, tagged
+from dualgate.metrics import Metrics
 from dualgate.mounts import MountRouter
-from dualgate.pool import WorkerPool
+from dualgate.pool import CountingWorkerPool, PoolWarning, WorkerPool
 from dualgate.protocol import HTTPProtocol
 from dualgate.state import RequestHandler, ServerState
+from dualgate.stats import Stats
 from dualgate.tls import TLSContextHolder
 from dualgate.workers import WSGIHandler
 from dualgate.ws_handshake import websockets_unavailable
@@ -66,6 +77,9 @@ class ServerHooks:
     force_signals: tuple[int, ...] = ()
     # Told of each of those signals before the server acts on it.
     on_signal: Callable[[int], None] | None = None
+    # With --metrics-address: False counts every figure but binds no metrics listener (a
+    # worker process, whose supervisor serves the figures of all its workers).
+    serve_metrics: bool = True
 
 
 class Server:
@@ -95,6 +109,14 @@ class Server:
         self._serves_asgi = False
         self._tls: TLSContextHolder | None = None
         self.state: ServerState | None = None
+        self._metrics = Metrics(metered=config.metrics_address is not None)
+        # The pool as stats() reads it, kept after the pool itself is shut down.
+        self._pool_for_stats: WorkerPool | None = None
+        self._metrics_state: ServerState | None = None
+        self._metrics_listener: asyncio.Server | None = None
+        self.metrics_addresses: list[Any] = []
+        self._lag: LagProbe | None = None
+        self._pool_warning: PoolWarning | None = None
 
     @property
     def port(self) -> int:
@@ -139,6 +161,22 @@ class Server:
             await self._graceful_stop()
             self._remove_signal_handlers(loop)
 
+    def stats(self) -> Stats:
+        """The server's figures now, as a snapshot; safe from any thread, and before and after
+        serving. With metrics off only the free figures are counted (README "Metrics")."""
+        state = self.state
+        pool = self._pool_for_stats
+        return self._metrics.snapshot(
+            connections_open=len(state.connections) if state is not None else 0,
+            shutting_down=not self._healthy(),
+            pool=pool.figures() if pool is not None else None,
+        )
+
+    def _healthy(self) -> bool:
+        """Serving, and not asked to stop: what --health-path answers."""
+        state = self.state
+        return not self._stop_requested and not (state is not None and state.shutting_down)
+
     def shutdown(self, force: bool = False) -> None:
         """Ask for a graceful stop; safe from any thread, and before the loop has started."""
         self._force = self._force or force
@@ -157,20 +195,25 @@ class Server:
         handler, description = await self._build_handler(loop)
         if self.hooks.on_request is not None:
             handler = _counted(handler, self.hooks.on_request)
+        if config.health_path is not None:
+            # Before everything else: a probe never counts towards --limit-max-requests.
+            handler = health_first(config.health_path, handler, self._healthy)
         if self._serves_asgi:
             self._check_websockets()
-        self.state = state = ServerState(config, handler, self._tls)
+        metrics = self._metrics
+        self.state = state = ServerState(config, handler, self._tls, metrics)
+        http = MeteredHTTPProtocol if metrics.metered else HTTPProtocol
         listen: dict[str, Any] = {"backlog": config.backlog}
         protocol_factory: Callable[[], asyncio.BaseProtocol]
         if config.proxy_protocol:
             # The PROXY header comes before any TLS byte: edge.py reads it, then runs TLS itself.
             def protocol_factory() -> asyncio.BaseProtocol:
-                return EdgeProtocol(state, loop)
+                return EdgeProtocol(state, loop, http)
 
         else:
 
             def protocol_factory() -> asyncio.BaseProtocol:
-                return HTTPProtocol(state, loop)
+                return http(state, loop)
 
             if self._tls is not None:
                 # The handshake counts against the request-head deadline.
@@ -199,9 +242,33 @@ class Server:
             self.addresses = [sock.getsockname() for sock in listener.sockets]
         self._tick_date(loop)
         self._sweep_deadlines(loop, _sweep_interval(config))
+        if metrics.metered:
+            self._lag = LagProbe(loop, metrics.loop_lag)
+            self._lag.start()
+        if self._pool is not None and config.pool_warning_interval > 0:
+            self._pool_warning = PoolWarning(self._pool, config.pool_warning_interval)
+            self._watch_pool(loop)
         scheme = "https" if self._tls is not None else "http"
         for address in self.addresses:
             error_logger.info("Serving %s on %s", description, _format_address(address, scheme))
+        if metrics.metered and self.hooks.serve_metrics:
+            await self._serve_metrics(loop)
+
+    async def _serve_metrics(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The metrics listener: the HTTP core with a handler that answers on the loop, its own
+        connections (not counted among the application's) and no access log."""
+        config = self.config
+        assert config.metrics_address is not None
+        endpoint = MetricsEndpoint(self.stats, config.health_path, self._healthy)
+        self._metrics_state = state = ServerState(config, endpoint)
+        state.access_log = False
+        host, port = parse_host_port(config.metrics_address)
+        self._metrics_listener = listener = await loop.create_server(
+            lambda: HTTPProtocol(state, loop), host, port, reuse_address=True
+        )
+        self.metrics_addresses = [sock.getsockname() for sock in listener.sockets]
+        for address in self.metrics_addresses:
+            error_logger.info("Metrics on %s/metrics", _format_address(address, "http"))
 
     async def _serve_sockets(
         self,
@@ -249,7 +316,10 @@ class Server:
         for prefix, target in mounts:
             loaded = load_app(target, config)
             root_path = config.root_path + prefix.rstrip("/")
-            routes.append((prefix.rstrip("/"), await self._handler_for(loaded, root_path, loop)))
+            handler = await self._handler_for(loaded, root_path, loop)
+            if self._metrics.metered:
+                handler = tagged(handler, self._metrics.interface(loaded.interface))
+            routes.append((prefix.rstrip("/"), handler))
             kind = "WSGI" if loaded.interface == "wsgi" else "ASGI"
             described.append((prefix, f"{kind} app {loaded.source}"))
         threads = f" ({config.threads} threads)" if self._pool is not None else ""
@@ -264,7 +334,9 @@ class Server:
         config = self.config
         if loaded.interface == "wsgi":
             if self._pool is None:
-                self._pool = WorkerPool(config.threads)
+                # Metrics on: a pool that also counts the requests that got a thread at once.
+                pool_class = CountingWorkerPool if self._metrics.metered else WorkerPool
+                self._pool = self._pool_for_stats = pool_class(config.threads)
                 if self.hooks.pause_when_busy:
                     self._pool.on_full = self._on_pool_full
             return WSGIHandler(
@@ -302,7 +374,16 @@ class Server:
         now = loop.time()
         for connection in list(state.connections):
             connection.check_deadline(now)
+        if self._metrics_state is not None:
+            for connection in list(self._metrics_state.connections):
+                connection.check_deadline(now)
         loop.call_later(interval, self._sweep_deadlines, loop, interval)
+
+    def _watch_pool(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pool is None or self._pool_warning is None:
+            return
+        self._pool_warning.check(time.monotonic())
+        loop.call_later(1.0, self._watch_pool, loop)
 
     def _beat(
         self, loop: asyncio.AbstractEventLoop, heartbeat: Callable[[], None], interval: float
@@ -313,6 +394,8 @@ class Server:
     def _tick_date(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.state is not None and not self.state.shutting_down:
             self.state.update_date()
+            if self._metrics_state is not None:
+                self._metrics_state.update_date()
             loop.call_later(1.0, self._tick_date, loop)
 
     # -- stopping -----------------------------------------------------------------------
@@ -345,6 +428,16 @@ class Server:
         error_logger.info("Stopped")
 
     async def _cleanup(self) -> None:
+        if self._lag is not None:
+            self._lag.stop()
+            self._lag = None
+        # Last: the metrics listener answered (503 to health probes) throughout the drain.
+        if self._metrics_listener is not None:
+            self._metrics_listener.close()
+            self._metrics_listener = None
+        if self._metrics_state is not None:
+            for connection in list(self._metrics_state.connections):
+                connection.force_close()
         lifespans, self._lifespans = self._lifespans, []
         for lifespan in lifespans:
             await lifespan.shutdown(self.config.timeout_graceful_shutdown)

@@ -1,5 +1,6 @@
-"""What every connection of one server shares: settings, the handler, the live connections, and
-the edge: whom to believe (ProxyTrust, built once) and the TLS context holder."""
+"""What every connection of one server shares: settings, the handler, the live connections, the
+figures it counts (metrics.py), and the edge: whom to believe (ProxyTrust, built once) and the
+TLS context holder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from dualgate.grammar import Headers
 from dualgate.logs import access_logger
+from dualgate.metrics import Metrics
 from dualgate.proxy_headers import ProxyTrust
 
 if TYPE_CHECKING:
@@ -39,10 +41,16 @@ class Connection(Protocol):
 
 class ServerState:
     def __init__(
-        self, config: Config, handler: RequestHandler, tls: TLSContextHolder | None = None
+        self,
+        config: Config,
+        handler: RequestHandler,
+        tls: TLSContextHolder | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.handler = handler
+        # Always there: the free figures are counted whether metrics are on or not.
+        self.metrics = metrics if metrics is not None else Metrics(metered=False)
         self.trust = ProxyTrust.from_config(config)
         self.tls = tls
         # The ASGI TLS extension is built per connection only when a client certificate is

@@ -16,6 +16,11 @@ Rules of this file:
   after a growing back-off; after MAX_FAILED_STARTS the supervisor gives up with
   EXIT_WORKERS_FAILED, except during a replacement, which is then abandoned while the older
   workers keep serving.
+- With --metrics-address the supervisor serves the metrics (scrape_server.py, on the same
+  selectors loop): every worker's latest snapshot added up, plus what workers that have exited
+  counted before they went (so the sums never go back), plus its own figures: workers by state
+  and restarts by reason. The listener stays open until the supervisor exits, so a health
+  probe hears 503 throughout a graceful stop.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import enum
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,16 +39,21 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from dualgate import systemd
-from dualgate.config import Config
+from dualgate.config import Config, parse_host_port
+from dualgate.endpoint import Answer, answer
 from dualgate.launch import EXIT_WORKERS_FAILED
 from dualgate.listeners import Listeners, open_listeners
 from dualgate.logs import configure_logging, error_logger
+from dualgate.scrape_server import ScrapeServer
+from dualgate.stats import RESTART_REASONS, Stats
 from dualgate.worker_process import (
     BEAT,
     READY,
     RETIRING,
+    SNAPSHOT,
     WorkerSpec,
     fork_worker,
+    read_snapshot,
     spawn_worker,
 )
 
@@ -90,7 +101,13 @@ class Worker:
     kill_at: float | None = None
     # True once the supervisor has asked it to stop: its exit is then expected.
     asked_to_stop: bool = False
+    # Why it is going, once it is: a restart reason (stats.RESTART_REASONS), "stop" or
+    # "scale_down".
+    exit_reason: str | None = None
+    # Bytes of a message (a snapshot) read only in part.
     buffer: bytes = field(default=b"", repr=False)
+    # Its figures, as its latest snapshot had them (--metrics-address).
+    stats: Stats | None = field(default=None, repr=False)
 
     def poll(self) -> int | None:
         """Exit code (negative: killed by that signal), or None while it runs."""
@@ -131,6 +148,10 @@ class Supervisor:
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._listeners: Listeners | None = None
         self._previous_handlers: dict[int, object] = {}
+        self._scrape: ScrapeServer | None = None
+        # What workers that have exited counted, and the restarts (--metrics-address).
+        self._retired = Stats(metered=True)
+        self.restarts: dict[str, int] = {}
 
     # -- running ----------------------------------------------------------------------------
 
@@ -138,6 +159,8 @@ class Supervisor:
         configure_logging(self.config.log_level, self.config.access_log)
         self._listeners = open_listeners(self.config)
         try:
+            if self.config.metrics_address is not None:
+                self._serve_metrics(self.config.metrics_address)
             self._install_signals()
             self._announce()
             while not (self.stopping and not self.workers):
@@ -146,6 +169,8 @@ class Supervisor:
             self._restore_signals()
             for worker in list(self.workers.values()):
                 self._close_channel(worker)
+            if self._scrape is not None:
+                self._scrape.close()
             self._listeners.close()
             self._selector.close()
             os.close(self._wakeup_r)
@@ -155,6 +180,8 @@ class Supervisor:
 
     def _step(self) -> None:
         now = time.monotonic()
+        if self._scrape is not None:
+            self._scrape.check_deadlines(now)
         self._manage(now)
         timeout = max(0.0, self._next_deadline(now) - now)
         for key, _events in self._selector.select(timeout):
@@ -177,6 +204,45 @@ class Supervisor:
                 self.target,
                 self.config.start_method,
             )
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def _serve_metrics(self, address: str) -> None:
+        host, port = parse_host_port(address)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=64)
+        self._scrape = ScrapeServer(
+            sock, self._selector, self._answer, self.config.timeout_request_head
+        )
+        error_logger.info("Supervisor metrics on %s/metrics", _describe(sock.getsockname()))
+
+    def _answer(self, method: bytes, target: bytes) -> Answer:
+        health = self.config.health_path
+        return answer(
+            method,
+            target,
+            health_path=None if health is None else health.encode("ascii"),
+            healthy=self._healthy,
+            stats=self.stats,
+            supervisor=True,
+        )
+
+    def _healthy(self) -> bool:
+        """Not stopping, and some worker ready to serve."""
+        return not self.stopping and any(w.state is State.READY for w in self.workers.values())
+
+    def stats(self) -> Stats:
+        """Every worker's figures added up (the latest each sent), what exited workers counted,
+        and the supervisor's own: workers by state, restarts by reason."""
+        total = self._retired
+        states: dict[str, int] = {}
+        for worker in self.workers.values():
+            states[worker.state.value] = states.get(worker.state.value, 0) + 1
+            if worker.stats is not None:
+                total = total.add(worker.stats)
+        total = total.add(Stats(metered=True, workers=states, restarts=dict(self.restarts)))
+        total.shutting_down = self.stopping
+        return total
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -247,7 +313,7 @@ class Supervisor:
             self._listeners.close()
         now = time.monotonic()
         for worker in self.workers.values():
-            self._drain(worker, now)
+            self._drain(worker, now, "stop")
 
     def _force(self, why: str) -> None:
         if self.forcing:
@@ -282,7 +348,8 @@ class Supervisor:
         current = [w for w in serving if w.generation >= self.generation]
         for worker in old:
             if worker.state is State.STARTING:
-                self._drain(worker, now)  # started before the replacement: it may run old code
+                # Started before the replacement: it may run old code.
+                self._drain(worker, now, "reload")
         old = [w for w in old if w.state is State.READY]
         starting = [w for w in current if w.state is State.STARTING]
         may_start = now >= self.next_start and not self.waiting_for_change
@@ -297,13 +364,13 @@ class Supervisor:
         # Every worker of the new generation that is ready retires one of the old ones.
         retire = max(0, len(old) + len(ready) - self.target)
         for worker in sorted(old, key=lambda w: w.started)[:retire]:
-            self._drain(worker, now)
+            self._drain(worker, now, "reload")
         surplus = len(current) - self.target
         if surplus > 0 and not old:
             # SIGTTOU: workers still starting go first, then the oldest.
             chosen = sorted(current, key=lambda w: (w.state is State.READY, w.started))
             for worker in chosen[:surplus]:
-                self._drain(worker, now)
+                self._drain(worker, now, "scale_down")
         if len(ready) >= self.target and not any(w.generation < self.generation for w in serving):
             self._all_ready()
 
@@ -341,6 +408,7 @@ class Supervisor:
             )
         else:
             return
+        worker.exit_reason = "unresponsive"
         _signal(worker, _DUMP_SIGNAL)
         worker.kill_at = now + _DUMP_WAIT
 
@@ -348,6 +416,8 @@ class Supervisor:
         deadline = now + 1.0
         if not self.stopping and self.next_start > now:
             deadline = min(deadline, self.next_start)
+        if self._scrape is not None:
+            deadline = min(deadline, self._scrape.next_deadline() or deadline)
         for worker in self.workers.values():
             if worker.kill_at is not None:
                 deadline = min(deadline, worker.kill_at)
@@ -397,18 +467,40 @@ class Supervisor:
         fds += [sock.fileno() for sock in self._listeners.reserved]
         if self.change_fd is not None:
             fds.append(self.change_fd)
+        if self._scrape is not None:
+            fds += self._scrape.filenos()
         return [fd for fd in fds if fd >= 0]
 
     def _read_channel(self, worker: Worker) -> None:
-        try:
-            data = os.read(worker.channel, 4096)
-        except BlockingIOError:
-            return
-        if not data:
-            self._close_channel(worker)
-            return
+        while worker.channel >= 0:
+            try:
+                data = os.read(worker.channel, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self._close_channel(worker)
+                return
+            self._on_messages(worker, worker.buffer + data)
+
+    def _on_messages(self, worker: Worker, data: bytes) -> None:
         now = time.monotonic()
-        for message in (data[i : i + 1] for i in range(len(data))):
+        index = 0
+        while index < len(data):
+            message = data[index : index + 1]
+            if message == SNAPSHOT:
+                try:
+                    stats, size = read_snapshot(data[index:])
+                except ValueError as exc:
+                    # Nothing after it can be framed: drop the rest, keep the worker.
+                    error_logger.error("Worker %d sent %s", worker.pid, exc)
+                    index = len(data)
+                    break
+                if stats is None:
+                    break  # the rest of it comes with the next read
+                worker.stats = stats
+                index += size
+                continue
+            index += 1
             if message == BEAT:
                 worker.last_beat = now
             elif message == READY and worker.state is State.STARTING:
@@ -420,7 +512,9 @@ class Supervisor:
                 # It stops by itself; a replacement starts now, not once it has gone.
                 worker.state = State.DRAINING
                 worker.asked_to_stop = True
+                worker.exit_reason = "max_requests"
                 worker.kill_at = now + self.config.timeout_graceful_shutdown + _EXIT_GRACE
+        worker.buffer = data[index:]
 
     def _close_channel(self, worker: Worker) -> None:
         if worker.channel >= 0:
@@ -428,10 +522,11 @@ class Supervisor:
             os.close(worker.channel)
             worker.channel = -1
 
-    def _drain(self, worker: Worker, now: float) -> None:
+    def _drain(self, worker: Worker, now: float, reason: str) -> None:
         if worker.asked_to_stop:
             return
         worker.asked_to_stop = True
+        worker.exit_reason = reason
         worker.state = State.DRAINING
         worker.kill_at = now + self.config.timeout_graceful_shutdown + _EXIT_GRACE
         _signal(worker, signal.SIGTERM)
@@ -447,15 +542,22 @@ class Supervisor:
             self._read_channel(worker)  # a READY sent just before dying still counts
         self._close_channel(worker)
         del self.workers[worker.pid]
+        if worker.stats is not None:
+            self._retired = self._retired.add(worker.stats.counters())
         now = time.monotonic()
         how = _describe_exit(code)
+        reason = worker.exit_reason
         if worker.asked_to_stop:
             error_logger.info("Worker %d stopped (%s)", worker.pid, how)
         elif worker.state is State.STARTING:
             error_logger.error("Worker %d failed to start (%s)", worker.pid, how)
+            reason = reason or "failed_start"
             self._failed_start(now, code, counts=worker.started >= self.last_failure)
         else:
             error_logger.error("Worker %d died (%s): starting another", worker.pid, how)
+            reason = reason or "crashed"
+        if reason in RESTART_REASONS and not self.stopping:
+            self.restarts[reason] = self.restarts.get(reason, 0) + 1
 
     def _failed_start(self, now: float, code: int, *, counts: bool = True) -> None:
         self.last_failure_code = code

@@ -84,6 +84,7 @@ if TYPE_CHECKING:
     from asgiref.typing import ASGI3Application, WebSocketScope
 
     from dualgate.config import Config
+    from dualgate.metrics import Metrics
 
 __all__ = ["WebSocketClosed", "WebSocketProtocol"]
 
@@ -129,6 +130,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         state: dict[str, Any] | None,
         config: Config,
         connections: MutableSet[Any],
+        metrics: Metrics | None = None,
     ) -> None:
         self._request = request
         self._client = client
@@ -139,6 +141,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._lifespan_state = state
         self._config = config
         self._connections = connections
+        self._metrics = metrics  # only while metrics are on
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._phase: Phase = "handshake"
@@ -414,7 +417,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._phase = "open"
         self._cancel_deadline()
         self._status = 101
-        self._log_access()
+        self._answered()
         self._write(data)
         if self._config.ws_ping_interval:
             self._ping_timer = self._loop.call_later(self._config.ws_ping_interval, self._ping)
@@ -454,7 +457,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._sent += len(body)
         self._write(self._ws.send(RejectData(data=bytes(body), body_finished=not more)))
         if not more:
-            self._log_access()
+            self._answered()
             self._close_transport()
         elif self._writing_paused:
             await self._drained()
@@ -477,7 +480,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._early = None
         self._status = status
         self._sent = len(body)
-        self._log_access()
+        self._answered()
         if self._transport is not None and not self._lost:
             self._transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self._close_transport()
@@ -498,6 +501,12 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         if self._config.date_header:
             headers.append((b"date", formatdate(usegmt=True).encode("ascii")))
         return headers
+
+    def _answered(self) -> None:
+        """The handshake has its answer (101, a denial or a refusal): log and count it."""
+        if self._metrics is not None:
+            self._metrics.response("websocket", self._status, time.monotonic() - self._started)
+        self._log_access()
 
     def _log_access(self) -> None:
         if not access_logger.isEnabledFor(logging.INFO):

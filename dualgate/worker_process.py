@@ -3,8 +3,11 @@
 The worker talks to its supervisor over one pipe, one byte per message: READY once the
 application is loaded and ASGI lifespan start-up is done, BEAT from its event loop every
 heartbeat interval (a blocked loop goes quiet, which a side thread would hide), RETIRING when
---limit-max-requests is reached. A write that fails with a broken pipe means the supervisor is
-gone, and the worker stops gracefully rather than serving on as an orphan.
+--limit-max-requests is reached. With --metrics-address, each BEAT is followed by a SNAPSHOT
+of the worker's figures (`snapshot_message`: the byte, a 4-byte length, the Stats as JSON), and
+a last one goes out once the server has stopped; the supervisor adds them up and serves them.
+A write that fails with a broken pipe means the supervisor is gone, and the worker stops
+gracefully rather than serving on as an orphan.
 
 Signals: SIGTERM stops gracefully (a second one forces); SIGINT is ignored, because Ctrl-C in a
 terminal reaches every process of the group and the supervisor decides what it means;
@@ -16,13 +19,16 @@ from __future__ import annotations
 
 import base64
 import faulthandler
+import json
 import os
 import pickle
 import random
+import select
 import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,14 +39,18 @@ from dualgate.launch import EXIT_APP_LOAD, report, run_server
 from dualgate.listeners import bind_reuse_port
 from dualgate.logs import configure_logging, error_logger
 from dualgate.server import Server, ServerHooks
+from dualgate.stats import Stats
 
 __all__ = [
     "BEAT",
     "READY",
     "RETIRING",
+    "SNAPSHOT",
     "SUPERVISOR_SIGNALS",
     "WorkerSpec",
     "fork_worker",
+    "read_snapshot",
+    "snapshot_message",
     "spawn_worker",
     "spawned_main",
 ]
@@ -48,6 +58,11 @@ __all__ = [
 READY = b"R"
 BEAT = b"."
 RETIRING = b"M"
+SNAPSHOT = b"S"
+_LENGTH = 4  # bytes of a snapshot's length, big-endian
+# Unsent bytes a worker keeps while its supervisor is slow to read; past it, snapshots and
+# beats are dropped (a later one says the same, more recently).
+_MOST_PENDING = 1 << 20
 # Blocked around fork and spawn, so a child never runs the supervisor's handlers (nor dies of
 # SIGUSR1 before it can dump tracebacks), and reset in the child before it unblocks them.
 SUPERVISOR_SIGNALS = frozenset(
@@ -124,20 +139,73 @@ def spawn_worker(spec: WorkerSpec) -> subprocess.Popen[bytes]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def snapshot_message(stats: Stats) -> bytes:
+    payload = json.dumps(stats.to_json(), separators=(",", ":")).encode("utf-8")
+    return SNAPSHOT + len(payload).to_bytes(_LENGTH, "big") + payload
+
+
+def read_snapshot(buffer: bytes) -> tuple[Stats | None, int]:
+    """The snapshot message at the start of `buffer` and its size, or (None, 0) while it is
+    incomplete. A payload that does not decode raises ValueError."""
+    if len(buffer) < 1 + _LENGTH:
+        return None, 0
+    size = int.from_bytes(buffer[1 : 1 + _LENGTH], "big")
+    end = 1 + _LENGTH + size
+    if len(buffer) < end:
+        return None, 0
+    try:
+        stats = Stats.from_json(json.loads(buffer[1 + _LENGTH : end]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"a snapshot that does not decode: {exc!r}") from exc
+    return stats, end
+
+
 class _Channel:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         os.set_blocking(fd, False)
+        # The rest of a message the pipe took only part of: it must go before anything else.
+        self._pending = b""
 
-    def send(self, message: bytes) -> bool:
-        """False once the supervisor is gone; a full pipe only means it is slow to read."""
+    def send(self, message: bytes, droppable: bool = False) -> bool:
+        """False once the supervisor is gone; a full pipe only means it is slow to read.
+
+        A `droppable` message (a beat, a snapshot) that cannot start now is dropped; any other
+        waits behind what is pending, and goes with the next send.
+        """
         try:
-            os.write(self.fd, message)
+            if self._pending:
+                self._pending = self._pending[os.write(self.fd, self._pending) :]
+            if self._pending:
+                if not droppable and len(self._pending) < _MOST_PENDING:
+                    self._pending += message
+                return True
+            written = os.write(self.fd, message)
         except BlockingIOError:
+            if not droppable:
+                self._pending += message
             return True
         except OSError:
             return False
+        self._pending = message[written:]
         return True
+
+    def send_last(self, message: bytes, timeout: float) -> None:
+        """`message` and anything pending, waiting up to `timeout` seconds for the pipe: the
+        process is about to exit, and nothing would send the rest later."""
+        data = self._pending + message
+        self._pending = b""
+        deadline = time.monotonic() + timeout
+        while data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [self.fd], [], remaining)[1]:
+                return
+            try:
+                data = data[os.write(self.fd, data) :]
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
 
 
 def serve(spec: WorkerSpec) -> int:
@@ -177,14 +245,17 @@ def serve(spec: WorkerSpec) -> int:
 
     def beat() -> None:
         nonlocal orphaned
-        if not channel.send(BEAT) and not orphaned:
+        if not channel.send(BEAT, droppable=True) and not orphaned:
             orphaned = True
             error_logger.error("The supervisor is gone: stopping")
             server.shutdown()
+        if metered and not orphaned:
+            channel.send(snapshot_message(server.stats()), droppable=True)
 
     def ready() -> None:
         channel.send(READY)
 
+    metered = config.metrics_address is not None
     hooks = ServerHooks(
         on_ready=ready,
         heartbeat=beat,
@@ -194,9 +265,15 @@ def serve(spec: WorkerSpec) -> int:
         pause_when_busy=bool(spec.shared_fds),
         multiprocess=spec.multiprocess,
         graceful_signals=(signal.SIGTERM,),
+        # The supervisor serves the figures: this worker counts them and sends them.
+        serve_metrics=False,
     )
     server = Server(config, sockets=sockets, hooks=hooks)
-    return run_server(server)
+    code = run_server(server)
+    if metered:
+        # The last figures, so that the supervisor's sums lose nothing of a worker that stops.
+        channel.send_last(snapshot_message(server.stats()), timeout=1.0)
+    return code
 
 
 def spawned_main() -> int:
