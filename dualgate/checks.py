@@ -56,6 +56,13 @@ _HOST = re.compile(
 )
 
 
+# Every byte a head may hold but control characters (RFC 9110 section 5.5: a field value is
+# VCHAR, obs-text, SP and HTAB only; CR and LF are the line checks' business). h11 refuses NUL,
+# VT and FF in values itself but lets the other controls through to the application. Deleting
+# these with bytes.translate leaves the controls, at half the cost of a regex search.
+_HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+
+
 def oversized_head(head: bytes | bytearray, limit: int) -> Refusal | None:
     """The one rule for a head over `limit` bytes: 414 when the request line alone takes more
     than half of it (RFC 9112 section 3: the target is what is too long), else 431."""
@@ -96,6 +103,10 @@ def check_request(
         return Refusal(400, "Bare CR or LF in the request head", "smuggling")
     if b"\n " in head or b"\n\t" in head:
         return Refusal(400, "Obsolete line folding in the request head", "smuggling")
+    if head.translate(None, _HEAD_BYTES):
+        # RFC 9110 section 5.5 lets a recipient keep these only "within a safe context"; a
+        # server cannot know what the application does with a header, so it refuses them.
+        return Refusal(400, "A control character in a header field value", "malformed")
     has_length = has_chunked = False
     length = 0
     connection: list[bytes] = []
