@@ -24,6 +24,7 @@ from __future__ import annotations
 import h11
 
 from dualgate.checks import (
+    MAX_CHUNK_LINE,
     ChunkedFraming,
     Framing,
     Refusal,
@@ -160,8 +161,11 @@ class RequestReader:
         self._eof = False
 
     def _parser(self) -> h11.Connection:
-        # h11's own limit is a backstop; oversized heads are refused here first, by one rule.
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head + 1024)
+        # h11's own limit is a backstop: oversized heads are refused here first, by one rule,
+        # and so are chunk lines and trailer sections (ChunkedFraming). It must sit above every
+        # one of those limits, or it would answer first, for some ways the bytes arrive only.
+        backstop = max(self._max_head, MAX_CHUNK_LINE) + 1024
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=backstop)
 
     @property
     def head_started(self) -> bool:
@@ -290,7 +294,7 @@ class RequestReader:
         )
         if framing.chunked:
             # Framing checked on the raw bytes, starting with those h11 already holds.
-            self._chunked = ChunkedFraming(self._max_fields)
+            self._chunked = ChunkedFraming(self._max_fields, self._max_head)
             self._refusal = self._chunked.feed(conn.trailing_data[0])
             self._state = _BODY
         elif framing.content_length:

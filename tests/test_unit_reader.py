@@ -589,6 +589,34 @@ def test_a_long_chunk_line_is_refused_however_it_arrives() -> None:
         assert refusal_of(run(chunks)) == expected, cut
 
 
+def test_a_long_chunk_line_is_400_however_it_arrives_under_a_small_head_limit() -> None:
+    # h11 holds an unfinished event to its own buffer limit, a backstop set from the head
+    # limit. Under a head limit below the framing line limit, that backstop used to see a long
+    # chunk line in pieces first and answer 431 "Request head too large" (found by fuzzing).
+    line = b"5;name=" + b"v" * 5000 + b"\r\n"
+    data = CHUNKED_HEAD + line + b"hello\r\n0\r\n\r\n"
+    start = len(CHUNKED_HEAD)
+    expected = ("refusal", 400, "Chunked framing line too long", "smuggling")
+    for points in ([], [start + 2000], [start + 100, start + 1700, start + 3500, start + 4090]):
+        assert refusal_of(run(cut(data, points), reader=new_reader(max_head=512))) == expected
+
+
+def test_a_trailer_section_is_held_to_the_head_limit_however_it_arrives() -> None:
+    # The trailer section is a field section like the head (RFC 9110 section 5.4). h11's
+    # backstop used to refuse a long one only when it arrived in pieces (431) and let it
+    # through whole; the raw-byte framing check now holds it to the head limit either way.
+    fields = b"".join(b"T-%d: %s\r\n" % (i, b"v" * 300) for i in range(8))
+    body = b"3\r\nabc\r\n0\r\n" + fields + b"\r\n"
+    data = CHUNKED_HEAD + body
+    trailer_size = len(fields) + 2
+    ways = [[], [len(data) - 5], [len(CHUNKED_HEAD) + 20, len(data) - 700, len(data) - 3]]
+    for points in ways:
+        seen = run(cut(data, points), reader=new_reader(max_head=trailer_size))
+        assert seen[1:] == [("body", b"abc"), ("end",)], points
+        refused = run(cut(data, points), reader=new_reader(max_head=trailer_size - 1))
+        assert refusal_of(refused) == ("refusal", 431, "Trailer section too large", "too_large")
+
+
 def test_chunk_data_not_followed_by_crlf_is_400_however_it_arrives() -> None:
     data = CHUNKED_HEAD + b"5\r\nhelloXY\r\n0\r\n\r\n"
     seen = run([data])
