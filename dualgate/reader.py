@@ -229,6 +229,11 @@ class RequestReader:
 
     def _next_head(self) -> ReaderEvent:
         window = self._window
+        if window and window[0] < 0x21:
+            # Refused before the limits below, as h11 refuses it on its first byte while the
+            # head is incomplete: so the answer does not depend on how the head arrives.
+            # (Empty lines before a request line were dropped in feed().)
+            return self._fail(Refusal(400, "Malformed request: illegal request line", "malformed"))
         end = window.find(b"\r\n\r\n")
         # Checked on the raw bytes before h11 parses them: a head of thousands of tiny fields
         # costs h11 milliseconds of loop time per request.

@@ -540,6 +540,18 @@ def test_the_field_limit_is_a_setting() -> None:
     assert refusal_of(seen) == ("refusal", 431, "Too many header fields", "too_large")
 
 
+@pytest.mark.parametrize("first", [b" ", b"\t", b"\x00", b"\x10"])
+def test_a_request_line_starting_with_a_control_or_space_is_400_however_it_arrives(
+    first: bytes,
+) -> None:
+    # h11 refuses such a line as soon as its first byte arrives, but only while the head is
+    # incomplete; a head that arrived whole over the field or size limit used to get 431 or
+    # 414 from the raw-byte checks instead (found by fuzzing).
+    expected = ("refusal", 400, "Malformed request: illegal request line", "malformed")
+    assert_refused_every_way(first + head_with_fields(4), expected, {"max_fields": 3})
+    assert_refused_every_way(first + b"GET /" + b"a" * 300, expected, {"max_head": 256})
+
+
 CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
