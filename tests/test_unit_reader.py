@@ -552,6 +552,19 @@ def test_a_request_line_starting_with_a_control_or_space_is_400_however_it_arriv
     assert_refused_every_way(first + b"GET /" + b"a" * 300, expected, {"max_head": 256})
 
 
+@pytest.mark.parametrize("blank", [b"\n\r\n", b"\n\n", b"\r\n\n"])
+def test_the_limits_count_the_head_where_h11_ends_it(blank: bytes) -> None:
+    # h11 ends a head at the first blank line, LF optional-CR LF. The raw-byte limits used to
+    # look for CRLF CRLF only, so a head ending in a bare LF arriving with its body counted the
+    # body's lines as header fields (431), where the head alone gets the bare LF's 400 (found
+    # by fuzzing).
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nX: y" + blank
+    body = b"1\r\na\r\n" * 10 + b"0\r\n\r\n"
+    for chunks in ([head + body], [head, body], [head + body[:7], body[7:]]):
+        refusal = refusal_of(run(chunks, reader=new_reader(max_fields=8, max_head=len(head) + 8)))
+        assert refusal[1] == 400, (chunks, refusal)
+
+
 CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
