@@ -254,7 +254,7 @@ class RequestReader:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            return self._fail(self._remap(exc))
+            return self._fail(self._remap(exc, window[:end] if end >= 0 else window))
         if event is h11.NEED_DATA:
             return NEED_DATA
         if type(event) is h11.Request:
@@ -262,9 +262,10 @@ class RequestReader:
         # ConnectionClosed: EOF between requests.
         return CLOSED
 
-    def _remap(self, exc: h11.RemoteProtocolError) -> Refusal:
+    def _remap(self, exc: h11.RemoteProtocolError, head: bytes | bytearray = b"") -> Refusal:
+        """h11's error as our refusal; `head` is the request head h11 refused, when whole."""
         status = exc.error_status_hint
-        if status == 501 and not final_coding_is_chunked(self._window):
+        if status == 501 and not final_coding_is_chunked(head):
             # h11 answers every Transfer-Encoding but a lone "chunked" with 501; RFC 9112
             # section 6.3 item 4 makes a request whose final coding is not chunked a MUST-400
             # ("chunked, gzip", "gzip"). 501 stays for "gzip, chunked".

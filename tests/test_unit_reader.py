@@ -565,6 +565,16 @@ def test_the_limits_count_the_head_where_h11_ends_it(blank: bytes) -> None:
         assert refusal[1] == 400, (chunks, refusal)
 
 
+def test_the_final_coding_is_read_from_the_head_where_h11_ends_it() -> None:
+    # A head ending in a bare LF, followed by a request whose final coding is chunked: the 501
+    # to 400 remap used to read codings up to the next CRLF CRLF, into the second request, and
+    # kept h11's 501 when both arrived together (found by fuzzing). gzip last is a 400.
+    first = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\n\r\n"
+    data = first + b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    for points in ([], [len(first)], [len(first) - 1], [10, len(first) + 5]):
+        assert refusal_of(run(cut(data, points)))[1] == 400, points
+
+
 CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
