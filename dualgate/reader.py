@@ -241,13 +241,19 @@ class RequestReader:
         bare = window.find(b"\n\n", 0, end + 1 if end >= 0 else len(window))
         end = bare + 2 if bare >= 0 else end + 3 if end >= 0 else -1
         # Checked on the raw bytes before h11 parses them: a head of thousands of tiny fields
-        # costs h11 milliseconds of loop time per request. Not counted: the request line's and
-        # the blank line's line breaks, and, in an incomplete head, the request line's (the
-        # last field may still lack its line break).
-        lines = window.count(b"\n", 0, end) - 2 if end >= 0 else window.count(b"\n") - 1
+        # costs h11 milliseconds of loop time per request. The first limit the bytes cross
+        # decides, however they arrive: fields are counted in the head when it is whole within
+        # the size limit, else in its first limit + 1 bytes (where the size limit is crossed).
+        # Not counted: the request line's and the blank line's line breaks, and, in an
+        # incomplete head, the request line's (the last field may lack its line break yet).
+        limit = self._max_head
+        if 0 <= end <= limit:
+            lines = window.count(b"\n", 0, end) - 2
+        else:
+            lines = window.count(b"\n", 0, limit + 1) - 1
         if lines > self._max_fields:
             return self._fail(Refusal(431, "Too many header fields", "too_large"))
-        too_big = oversized_head(window[:end] if end >= 0 else window, self._max_head)
+        too_big = oversized_head(window[:end] if end >= 0 else window, limit)
         if too_big is not None:
             return self._fail(too_big)
         conn = self._conn
