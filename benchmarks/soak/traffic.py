@@ -41,6 +41,8 @@ OP_TIMEOUT = 30.0
 MIB = 1 << 20
 SWEEP_SLACK = 2.5  # the server's deadline sweep runs about once a second; scheduling slack
 MAX_SAMPLES = 20
+RAISE_PAUSE = 0.05
+MAX_OPERATIONS = 10_000_000  # per worker: a bound besides the time, never reached
 WORKERS = {
     "hello": 6,
     "upload": 2,
@@ -126,7 +128,9 @@ class Traffic:
     async def _loop(
         self, kind: str, operation: Callable[[random.Random], Awaitable[None]], rng: random.Random
     ) -> None:
-        while self.running():
+        for _ in range(MAX_OPERATIONS):
+            if not self.running():
+                return
             try:
                 async with asyncio.timeout(OP_TIMEOUT):
                     await operation(rng)
@@ -153,8 +157,8 @@ class Traffic:
                 )
                 try:
                     answers = await self._exchange(conn, batch, len(paths))
-                except Cut as exc:
-                    if not conn.used or exc.started:
+                except (Cut, ConnectionResetError, BrokenPipeError) as exc:
+                    if not conn.used or (isinstance(exc, Cut) and exc.started):
                         raise
                     # The server closed the idle connection as the request went out: retry.
                     self.tally.retried["hello"] += 1
@@ -347,6 +351,7 @@ class Traffic:
             self.tally.ok("garbage")
 
     async def _raise(self, rng: random.Random) -> None:
+        await asyncio.sleep(RAISE_PAUSE)  # each one logs a traceback: keep the log readable
         path = rng.choice(["/raise", "/asgi/raise", "/raise-late"])
         conn = await Conn.open(self.port)
         try:
