@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -123,7 +124,10 @@ def _child(flags: list[str]) -> int:
     with atheris.instrument_imports(include=["dualgate", "h11", "benchmarks.fuzz_target"]):
         from benchmarks.fuzz_target import run_one
 
-    atheris.Setup([sys.argv[0], *flags], run_one)
+    # libFuzzer runs the program again for -merge, as a shell command line from argv[0]:
+    # name this same child, so that works under `python -m`.
+    program = f"{shlex.quote(sys.executable)} -m benchmarks.fuzz --child"
+    atheris.Setup([program, *flags], run_one)
     atheris.Fuzz()  # libFuzzer exits the process itself
     return 0
 
