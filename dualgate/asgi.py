@@ -206,7 +206,11 @@ async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle)
         cycle.respond_error(500, "Internal Server Error\n")
         return
     if not cycle.complete:
-        if not cycle.head_sent and not exchange.started:
+        if cycle.disconnected:
+            # The client went away: returning without an answer is what the application
+            # should do then, not an error. Aborted as WSGI's bridge does (the access line).
+            cycle.abort()
+        elif not cycle.head_sent and not exchange.started:
             error_logger.error("ASGI application returned without starting a response")
             cycle.respond_error(500, "Internal Server Error\n")
         else:

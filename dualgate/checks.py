@@ -17,6 +17,7 @@ from typing import NamedTuple
 from dualgate.grammar import QUOTED_STRING, TOKEN_CHARS, Headers
 
 __all__ = [
+    "MAX_CHUNK_LINE",
     "ChunkedFraming",
     "Framing",
     "Refusal",
@@ -54,6 +55,13 @@ _HOST = re.compile(
     rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:-]+\]|(?:[0-9A-Za-z._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)"
     rb"(?::[0-9]*)?"
 )
+
+
+# Every byte a head may hold but control characters (RFC 9110 section 5.5: a field value is
+# VCHAR, obs-text, SP and HTAB only; CR and LF are the line checks' business). h11 refuses NUL,
+# VT and FF in values itself but lets the other controls through to the application. Deleting
+# these with bytes.translate leaves the controls, at half the cost of a regex search.
+_HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
 
 
 def oversized_head(head: bytes | bytearray, limit: int) -> Refusal | None:
@@ -96,6 +104,10 @@ def check_request(
         return Refusal(400, "Bare CR or LF in the request head", "smuggling")
     if b"\n " in head or b"\n\t" in head:
         return Refusal(400, "Obsolete line folding in the request head", "smuggling")
+    if head.translate(None, _HEAD_BYTES):
+        # RFC 9110 section 5.5 lets a recipient keep these only "within a safe context"; a
+        # server cannot know what the application does with a header, so it refuses them.
+        return Refusal(400, "A control character in a header field value", "malformed")
     has_length = has_chunked = False
     length = 0
     connection: list[bytes] = []
@@ -185,7 +197,9 @@ _CHUNK_LINE = re.compile(
     + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + QUOTED_STRING + rb"))?)*)"
 )  # fmt: skip
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
-_MAX_CHUNK_LINE = 4096
+# The longest chunk-size line or trailer line, line break excluded (RFC 9112 section 7.1.1: a
+# server ought to limit chunk extensions).
+MAX_CHUNK_LINE = 4096
 
 
 class ChunkedFraming:
@@ -195,16 +209,19 @@ class ChunkedFraming:
     space after the size, up to 20 hex digits, and bare LF in trailers: each a shape where a
     proxy in front may frame the body differently (request smuggling). Data bytes are skipped
     by count, so only the framing lines cost Python steps. h11 parses trailer fields as it
-    parses a head, so they are held to the head's field limit (431) before it sees them.
+    parses a head, so they are held to the head's field and size limits (431) before it sees
+    them; every limit is decided on the bytes so far, so it does not depend on how they arrive.
     """
 
-    __slots__ = ("_fields_left", "_left", "_line", "_state")
+    __slots__ = ("_fields_left", "_left", "_line", "_state", "_trailer_left")
 
-    def __init__(self, max_trailer_fields: int) -> None:
+    def __init__(self, max_trailer_fields: int, max_trailer_size: int = 65536) -> None:
         self._state = _SIZE
         self._line = bytearray()
         self._left = 0
         self._fields_left = max_trailer_fields
+        # Bytes the trailer section (its empty last line included) may still take.
+        self._trailer_left = max_trailer_size
 
     def feed(self, data: bytes | bytearray) -> Refusal | None:
         """Check the next raw bytes; a reason to refuse the request, or None."""
@@ -220,14 +237,20 @@ class ChunkedFraming:
             end = data.find(b"\n", position)
             if end < 0:
                 self._line += data[position:]
-                if len(self._line) > _MAX_CHUNK_LINE:
+                if self._state == _TRAILER and len(self._line) > self._trailer_left:
+                    return Refusal(431, "Trailer section too large", "too_large")
+                if len(self._line) > MAX_CHUNK_LINE:
                     return Refusal(400, "Chunked framing line too long", "smuggling")
                 return None
             self._line += data[position : end + 1]
             position = end + 1
-            # The limit a partial line is held to above, so a line is refused or not
-            # whatever TCP segments it arrived in.
-            if len(self._line) - 1 > _MAX_CHUNK_LINE:
+            # The limits a partial line is held to above, in the same order, so a line is
+            # refused or not whatever TCP segments it arrived in.
+            if self._state == _TRAILER:
+                self._trailer_left -= len(self._line)
+                if self._trailer_left < 0:
+                    return Refusal(431, "Trailer section too large", "too_large")
+            if len(self._line) - 1 > MAX_CHUNK_LINE:
                 return Refusal(400, "Chunked framing line too long", "smuggling")
             refusal = self._end_of_line(bytes(self._line))
             self._line.clear()

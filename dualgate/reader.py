@@ -24,6 +24,7 @@ from __future__ import annotations
 import h11
 
 from dualgate.checks import (
+    MAX_CHUNK_LINE,
     ChunkedFraming,
     Framing,
     Refusal,
@@ -160,8 +161,11 @@ class RequestReader:
         self._eof = False
 
     def _parser(self) -> h11.Connection:
-        # h11's own limit is a backstop; oversized heads are refused here first, by one rule.
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head + 1024)
+        # h11's own limit is a backstop: oversized heads are refused here first, by one rule,
+        # and so are chunk lines and trailer sections (ChunkedFraming). It must sit above every
+        # one of those limits, or it would answer first, for some ways the bytes arrive only.
+        backstop = max(self._max_head, MAX_CHUNK_LINE) + 1024
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=backstop)
 
     @property
     def head_started(self) -> bool:
@@ -225,21 +229,38 @@ class RequestReader:
 
     def _next_head(self) -> ReaderEvent:
         window = self._window
-        end = window.find(b"\r\n\r\n")
+        if window and window[0] < 0x21:
+            # Refused before the limits below, as h11 refuses it on its first byte while the
+            # head is incomplete: so the answer does not depend on how the head arrives.
+            # (Empty lines before a request line were dropped in feed().)
+            return self._fail(Refusal(400, "Malformed request: illegal request line", "malformed"))
+        # The head ends where h11 ends it, at its first blank line (LF, optional CR, LF), so the
+        # limits below count the same bytes however the head arrives (a bare LF there is then
+        # refused by the checks). Two finds: cheaper than a regular expression.
+        end = window.find(b"\n\r\n")
+        bare = window.find(b"\n\n", 0, end + 1 if end >= 0 else len(window))
+        end = bare + 2 if bare >= 0 else end + 3 if end >= 0 else -1
         # Checked on the raw bytes before h11 parses them: a head of thousands of tiny fields
-        # costs h11 milliseconds of loop time per request.
-        # An incomplete head may still lack the line break of its last field.
-        lines = window.count(b"\n", 0, end) if end >= 0 else window.count(b"\n") - 1
+        # costs h11 milliseconds of loop time per request. The first limit the bytes cross
+        # decides, however they arrive: fields are counted in the head when it is whole within
+        # the size limit, else in its first limit + 1 bytes (where the size limit is crossed).
+        # Not counted: the request line's and the blank line's line breaks, and, in an
+        # incomplete head, the request line's (the last field may lack its line break yet).
+        limit = self._max_head
+        if 0 <= end <= limit:
+            lines = window.count(b"\n", 0, end) - 2
+        else:
+            lines = window.count(b"\n", 0, limit + 1) - 1
         if lines > self._max_fields:
             return self._fail(Refusal(431, "Too many header fields", "too_large"))
-        too_big = oversized_head(window[: end + 4] if end >= 0 else window, self._max_head)
+        too_big = oversized_head(window[:end] if end >= 0 else window, limit)
         if too_big is not None:
             return self._fail(too_big)
         conn = self._conn
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            return self._fail(self._remap(exc))
+            return self._fail(self._remap(exc, window[:end] if end >= 0 else window))
         if event is h11.NEED_DATA:
             return NEED_DATA
         if type(event) is h11.Request:
@@ -247,9 +268,10 @@ class RequestReader:
         # ConnectionClosed: EOF between requests.
         return CLOSED
 
-    def _remap(self, exc: h11.RemoteProtocolError) -> Refusal:
+    def _remap(self, exc: h11.RemoteProtocolError, head: bytes | bytearray = b"") -> Refusal:
+        """h11's error as our refusal; `head` is the request head h11 refused, when whole."""
         status = exc.error_status_hint
-        if status == 501 and not final_coding_is_chunked(self._window):
+        if status == 501 and not final_coding_is_chunked(head):
             # h11 answers every Transfer-Encoding but a lone "chunked" with 501; RFC 9112
             # section 6.3 item 4 makes a request whose final coding is not chunked a MUST-400
             # ("chunked, gzip", "gzip"). 501 stays for "gzip, chunked".
@@ -263,9 +285,8 @@ class RequestReader:
         return Refusal(status, f"Malformed request: {exc}", "malformed")
 
     def _on_head(self, event: h11.Request, window: bytes | bytearray, end: int) -> ReaderEvent:
-        # The head ends at the first CRLF CRLF; if h11 found its end elsewhere (a bare LF
-        # blank line), the whole window is checked and the bare LF refused.
-        head = bytes(window[: end + 4]) if end >= 0 else bytes(window)
+        # h11 and _next_head find the same blank line, so `end` is known here.
+        head = bytes(window[:end]) if end >= 0 else bytes(window)
         self._window = b""
         version = event.http_version
         # RFC 9110 section 2.5: a higher minor version is handled as the highest one we know.
@@ -290,7 +311,7 @@ class RequestReader:
         )
         if framing.chunked:
             # Framing checked on the raw bytes, starting with those h11 already holds.
-            self._chunked = ChunkedFraming(self._max_fields)
+            self._chunked = ChunkedFraming(self._max_fields, self._max_head)
             self._refusal = self._chunked.feed(conn.trailing_data[0])
             self._state = _BODY
         elif framing.content_length:

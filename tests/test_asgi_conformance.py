@@ -7,6 +7,7 @@ lists and threading.Events, and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import socket
@@ -377,6 +378,47 @@ def test_http_disconnect_when_client_closes_while_app_streams(serve: ServeFactor
     assert seen[-1] == {"type": "http.disconnect"}, seen
     assert all(isinstance(item, OSError) for item in seen[:-1]), seen
     assert_serves(server.port)
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_an_app_that_stops_at_http_disconnect_mid_upload_is_not_an_error(
+    serve: ServeFactory,
+) -> None:
+    # A client that goes away mid-upload is ordinary traffic, and an application that returns
+    # on http.disconnect without answering does what the spec asks: nothing to log as an error
+    # (the server used to log "returned without starting a response" for each such client).
+    done = threading.Event()
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/":
+            await ok(scope, receive, send)
+            return
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            done.set()
+
+    errors = _Errors()
+    logger = logging.getLogger("dualgate.error")
+    logger.addHandler(errors)
+    try:
+        server = serve(asgi_app(handler))
+        with connect(server.port) as sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        assert done.wait(WAIT), "the app never saw the disconnect"
+        assert_serves(server.port)
+    finally:
+        logger.removeHandler(errors)
+    assert errors.messages == []
 
 
 def test_receive_after_complete_response_gives_http_disconnect(serve: ServeFactory) -> None:

@@ -91,6 +91,16 @@ REFUSALS: dict[str, tuple[dict[str, object], int, str]] = {
     "host-with-userinfo": ({"headers": [(b"host", b"u@a")]}, 400, "malformed"),
     "host-bad-port": ({"headers": [(b"host", b"a:8x")]}, 400, "malformed"),
     "host-bad-escape": ({"headers": [(b"host", b"a%4")]}, 400, "malformed"),
+    # RFC 9110 section 5.5: no control character but HTAB in a field value (h11 lets most by).
+    "control-in-value": ({"head": BASIC.replace(b"example", b"exa\x01mple")}, 400, "malformed"),
+    "escape-in-value": ({"head": BASIC.replace(b"example", b"exa\x1bmple")}, 400, "malformed"),
+    "unit-separator-in-value": (
+        {"head": BASIC.replace(b"example", b"exa\x1fmple")},
+        400,
+        "malformed",
+    ),
+    "delete-in-value": ({"head": BASIC.replace(b"example", b"exa\x7fmple")}, 400, "malformed"),
+    "control-ending-a-value": ({"head": BASIC.replace(b"example.com", b"x\x08")}, 400, "malformed"),
 }
 
 
@@ -115,6 +125,7 @@ ACCEPTED: dict[str, dict[str, object]] = {
     "http-1.0-without-host": {"headers": [], "version": b"1.0"},
     "body-at-the-limit": {"headers": [*HOST, (b"content-length", b"100")], "max_body": 100},
     "tab-in-value": {"head": BASIC.replace(b"example.com", b"example.com\t")},
+    "obs-text-in-value": {"head": BASIC.replace(b"example.com", b"caf\xe9\x80\xff")},
 }
 
 

@@ -540,6 +540,56 @@ def test_the_field_limit_is_a_setting() -> None:
     assert refusal_of(seen) == ("refusal", 431, "Too many header fields", "too_large")
 
 
+@pytest.mark.parametrize("first", [b" ", b"\t", b"\x00", b"\x10"])
+def test_a_request_line_starting_with_a_control_or_space_is_400_however_it_arrives(
+    first: bytes,
+) -> None:
+    # h11 refuses such a line as soon as its first byte arrives, but only while the head is
+    # incomplete; a head that arrived whole over the field or size limit used to get 431 or
+    # 414 from the raw-byte checks instead (found by fuzzing).
+    expected = ("refusal", 400, "Malformed request: illegal request line", "malformed")
+    assert_refused_every_way(first + head_with_fields(4), expected, {"max_fields": 3})
+    assert_refused_every_way(first + b"GET /" + b"a" * 300, expected, {"max_head": 256})
+
+
+@pytest.mark.parametrize("blank", [b"\n\r\n", b"\n\n", b"\r\n\n"])
+def test_the_limits_count_the_head_where_h11_ends_it(blank: bytes) -> None:
+    # h11 ends a head at the first blank line, LF optional-CR LF. The raw-byte limits used to
+    # look for CRLF CRLF only, so a head ending in a bare LF arriving with its body counted the
+    # body's lines as header fields (431), where the head alone gets the bare LF's 400 (found
+    # by fuzzing).
+    head = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nX: y" + blank
+    body = b"1\r\na\r\n" * 10 + b"0\r\n\r\n"
+    for chunks in ([head + body], [head, body], [head + body[:7], body[7:]]):
+        refusal = refusal_of(run(chunks, reader=new_reader(max_fields=8, max_head=len(head) + 8)))
+        assert refusal[1] == 400, (chunks, refusal)
+
+
+def test_the_final_coding_is_read_from_the_head_where_h11_ends_it() -> None:
+    # A head ending in a bare LF, followed by a request whose final coding is chunked: the 501
+    # to 400 remap used to read codings up to the next CRLF CRLF, into the second request, and
+    # kept h11's 501 when both arrived together (found by fuzzing). gzip last is a 400.
+    first = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\n\r\n"
+    data = first + b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    for points in ([], [len(first)], [len(first) - 1], [10, len(first) + 5]):
+        assert refusal_of(run(cut(data, points)))[1] == 400, points
+
+
+def test_the_field_count_and_the_size_limit_give_one_answer_however_the_head_arrives() -> None:
+    # The first limit the bytes cross decides. The field count used to look past the size
+    # limit when the head arrived whole (431) where, arriving in pieces, the size limit was
+    # crossed first (414 here: the request line is over half the limit; found by fuzzing).
+    data = b"GET /" + b"a" * 300 + b" HTTP/1.1\r\n"
+    data += b"".join(b"X-%d: v\r\n" % i for i in range(5)) + b"X-Long: " + b"b" * 200 + b"\r\n"
+    data += b"".join(b"Y-%d: v\r\n" % i for i in range(10)) + b"\r\n"
+    expected = ("refusal", 414, "Request target too long", "too_large")
+    assert_refused_every_way(data, expected, {"max_head": 512, "max_fields": 8})
+    # Within the size limit, the field count answers, whole or in pieces.
+    few = b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(12)) + b"\r\n"
+    expected = ("refusal", 431, "Too many header fields", "too_large")
+    assert_refused_every_way(few, expected, {"max_head": 512, "max_fields": 8})
+
+
 CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -587,6 +637,34 @@ def test_a_long_chunk_line_is_refused_however_it_arrives() -> None:
     for cut in (0, start - 1, start, start + 3000, start + len(line) - 1, start + len(line)):
         chunks = [data] if cut == 0 else [data[:cut], data[cut:]]
         assert refusal_of(run(chunks)) == expected, cut
+
+
+def test_a_long_chunk_line_is_400_however_it_arrives_under_a_small_head_limit() -> None:
+    # h11 holds an unfinished event to its own buffer limit, a backstop set from the head
+    # limit. Under a head limit below the framing line limit, that backstop used to see a long
+    # chunk line in pieces first and answer 431 "Request head too large" (found by fuzzing).
+    line = b"5;name=" + b"v" * 5000 + b"\r\n"
+    data = CHUNKED_HEAD + line + b"hello\r\n0\r\n\r\n"
+    start = len(CHUNKED_HEAD)
+    expected = ("refusal", 400, "Chunked framing line too long", "smuggling")
+    for points in ([], [start + 2000], [start + 100, start + 1700, start + 3500, start + 4090]):
+        assert refusal_of(run(cut(data, points), reader=new_reader(max_head=512))) == expected
+
+
+def test_a_trailer_section_is_held_to_the_head_limit_however_it_arrives() -> None:
+    # The trailer section is a field section like the head (RFC 9110 section 5.4). h11's
+    # backstop used to refuse a long one only when it arrived in pieces (431) and let it
+    # through whole; the raw-byte framing check now holds it to the head limit either way.
+    fields = b"".join(b"T-%d: %s\r\n" % (i, b"v" * 300) for i in range(8))
+    body = b"3\r\nabc\r\n0\r\n" + fields + b"\r\n"
+    data = CHUNKED_HEAD + body
+    trailer_size = len(fields) + 2
+    ways = [[], [len(data) - 5], [len(CHUNKED_HEAD) + 20, len(data) - 700, len(data) - 3]]
+    for points in ways:
+        seen = run(cut(data, points), reader=new_reader(max_head=trailer_size))
+        assert seen[1:] == [("body", b"abc"), ("end",)], points
+        refused = run(cut(data, points), reader=new_reader(max_head=trailer_size - 1))
+        assert refusal_of(refused) == ("refusal", 431, "Trailer section too large", "too_large")
 
 
 def test_chunk_data_not_followed_by_crlf_is_400_however_it_arrives() -> None:

@@ -1,0 +1,1 @@
+"""A soak test of dualgate: `python -m benchmarks.soak --minutes M` (see run.py and README)."""
