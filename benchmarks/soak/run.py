@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 RESERVE = 22.0  # seconds of T kept for the quiet, settle and sigterm phases
 START_TIMEOUT = 20.0
 GRACEFUL = 15.0  # --timeout-graceful-shutdown for the soak's server
-PORT_LINE = re.compile(r"on http://127\.0\.0\.1:(\d+)")
+PORT_LINE = re.compile(r"Serving .* on http://127\.0\.0\.1:(\d+)")
 
 
 @dataclass(frozen=True)
