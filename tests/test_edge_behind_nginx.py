@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from dualgate import Server, WSGIMiddleware
-from tests.conftest import ServeFactory
+from tests.conftest import SOCKET_TIMEOUT, ServeFactory
 from tests.proxies import CLIENT_ADDRESS, Certs, ProxyFactory, client_connect, read_all
 from tests.test_edge_tls import recorded
 from tests.test_wsgi_django import SETTINGS
@@ -290,13 +291,22 @@ def test_mounts_behind_nginx(
     )
 
 
+def _info(records: list[logging.LogRecord]) -> list[str]:
+    return [record.getMessage() for record in records if record.levelno == logging.INFO]
+
+
 def test_access_log_names_the_real_client(serve: ServeFactory, nginx_proxy: ProxyFactory) -> None:
     server = serve(flask_app, access_log=True)
     proxy = nginx_proxy(("127.0.0.1", server.port))
     with recorded("dualgate.access") as records:
         get(proxy.port, "/where")
         get(server.port, "/where", host="x")
-    lines = [record.getMessage() for record in records if record.levelno == logging.INFO]
+        # The line is logged on the loop just after the response is written, so the client can
+        # read the answer first: wait for it (bounded) rather than race it.
+        deadline = time.monotonic() + SOCKET_TIMEOUT
+        while len(_info(records)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    lines = _info(records)
     assert len(lines) == 2, lines
     assert lines[0].startswith(f'{CLIENT_ADDRESS} "GET /where HTTP/1.1" 200 '), lines
     # Straight from the client: its own address and port, whatever it forged.
