@@ -228,7 +228,10 @@ def _summary(latencies: list[float], errors: Counter[str], elapsed: float) -> Me
     )
 
 
-def _stream_result(size: int, elapsed: float, errors: Counter[str], note: str) -> Measurement:
+def stream_result(
+    size: int, elapsed: float, errors: Counter[str], note: str, tool: str = "builtin"
+) -> Measurement:
+    """One timed transfer of `size` bytes as a Measurement in MiB/s (0 when it failed)."""
     ok = not errors
     return Measurement(
         value=size / MIB / elapsed if ok and elapsed else 0.0,
@@ -237,7 +240,7 @@ def _stream_result(size: int, elapsed: float, errors: Counter[str], note: str) -
         requests=1 if ok else 0,
         errors=sum(errors.values()),
         error_detail=dict(errors),
-        tool="builtin",
+        tool=tool,
         note=note,
     )
 
@@ -265,7 +268,7 @@ async def download(port: int, path: str, size: int, timeout: float) -> Measureme
     except (OSError, TimeoutError, Closed, ProtocolError, ValueError) as exc:
         errors[_classify(exc)] += 1
         note = f"{type(exc).__name__}: {exc}"
-    return _stream_result(size, time.perf_counter() - start, errors, note)
+    return stream_result(size, time.perf_counter() - start, errors, note)
 
 
 def _blocks(size: int) -> Iterator[bytes]:
@@ -304,7 +307,7 @@ async def upload(port: int, path: str, size: int, timeout: float) -> Measurement
     except (OSError, TimeoutError, Closed, ProtocolError, ValueError) as exc:
         errors[_classify(exc)] += 1
         note = f"{type(exc).__name__}: {exc}"
-    return _stream_result(size, time.perf_counter() - start, errors, note)
+    return stream_result(size, time.perf_counter() - start, errors, note)
 
 
 def main() -> None:

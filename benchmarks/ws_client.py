@@ -23,6 +23,7 @@ import time
 from collections import Counter
 
 from benchmarks.apps import CHUNK
+from benchmarks.client import stream_result
 from benchmarks.measurement import Measurement
 from benchmarks.procs import LOOPBACK
 
@@ -267,7 +268,7 @@ async def download(port: int, path: str, size: int, timeout: float) -> Measureme
     except (OSError, TimeoutError, Failed) as exc:
         errors[type(exc).__name__] += 1
         note = f"{type(exc).__name__}: {exc}"
-    return _stream(size, time.perf_counter() - start, errors, note)
+    return stream_result(size, time.perf_counter() - start, errors, note, "ws-builtin")
 
 
 async def upload(port: int, path: str, size: int, timeout: float) -> Measurement:
@@ -298,21 +299,7 @@ async def upload(port: int, path: str, size: int, timeout: float) -> Measurement
     except (OSError, TimeoutError, Failed) as exc:
         errors[type(exc).__name__] += 1
         note = f"{type(exc).__name__}: {exc}"
-    return _stream(size, time.perf_counter() - start, errors, note)
-
-
-def _stream(size: int, elapsed: float, errors: Counter[str], note: str) -> Measurement:
-    ok = not errors
-    return Measurement(
-        value=size / MIB / elapsed if ok and elapsed else 0.0,
-        unit="MiB/s",
-        seconds=elapsed,
-        requests=1 if ok else 0,
-        errors=sum(errors.values()),
-        error_detail=dict(errors),
-        tool="ws-builtin",
-        note=note,
-    )
+    return stream_result(size, time.perf_counter() - start, errors, note, "ws-builtin")
 
 
 def main() -> None:

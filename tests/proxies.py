@@ -455,34 +455,30 @@ def start_haproxy(
 ProxyFactory = Callable[..., Proxy]
 
 
-@pytest.fixture
-def nginx_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
-    """nginx_proxy(upstream, tls=None, forwarding=NGINX_FORWARDING) -> Proxy, stopped after."""
+def _proxies(tmp_path: Path, name: str, launch: Callable[..., Proxy]) -> Iterator[ProxyFactory]:
+    """A factory of proxies, each in its own folder under `tmp_path`, all stopped after."""
     started: list[Proxy] = []
 
     def start(upstream: Upstream, **options: Any) -> Proxy:
-        proxy = start_nginx(tmp_path / f"nginx{len(started)}", upstream, **options)
+        proxy = launch(tmp_path / f"{name}{len(started)}", upstream, **options)
         started.append(proxy)
         return proxy
 
     yield start
     for proxy in started:
         _stop(proxy.process)
+
+
+@pytest.fixture
+def nginx_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
+    """nginx_proxy(upstream, tls=None, forwarding=NGINX_FORWARDING) -> Proxy, stopped after."""
+    yield from _proxies(tmp_path, "nginx", start_nginx)
 
 
 @pytest.fixture
 def haproxy_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
     """haproxy_proxy(upstream, send_proxy="v1", mode="tcp", tls=None) -> Proxy."""
-    started: list[Proxy] = []
-
-    def start(upstream: Upstream, **options: Any) -> Proxy:
-        proxy = start_haproxy(tmp_path / f"haproxy{len(started)}", upstream, **options)
-        started.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in started:
-        _stop(proxy.process)
+    yield from _proxies(tmp_path, "haproxy", start_haproxy)
 
 
 @pytest.fixture
