@@ -34,8 +34,8 @@ import re
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
-from dualgate.checks import Refusal
-from dualgate.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
+from dualgate.http.checks import Refusal
+from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 
 __all__ = ["Options", "Violation", "decode", "encode", "run_one"]
 

@@ -94,7 +94,7 @@ def measure(index: int, variant: str, args: argparse.Namespace, cores: procs.Cor
 
 def recorders(count: int = 200_000) -> None:
     """Counting one request's figures: metrics.py's way, and prometheus-client's."""
-    from dualgate.metrics import Metrics
+    from dualgate.metrics.counters import Metrics
 
     metrics = Metrics(metered=True)
 
@@ -109,7 +109,7 @@ def recorders(count: int = 200_000) -> None:
     except ImportError:
         print("prometheus-client is not installed: only metrics.py is timed")
     else:
-        from dualgate.stats import DURATION_BOUNDS
+        from dualgate.metrics.snapshot import DURATION_BOUNDS
 
         registry = CollectorRegistry()
         requests = Counter("r", "", ["interface", "status"], registry=registry)

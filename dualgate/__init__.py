@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dualgate.config import Config
-from dualgate.middleware import WSGIMiddleware
-from dualgate.pool import WorkerPool
+from dualgate.wsgi.middleware import WSGIMiddleware
+from dualgate.wsgi.pool import WorkerPool
 
 if TYPE_CHECKING:
     from dualgate.server import Server, run

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dualgate.proxy_headers import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_list
+from dualgate.edge.forwarded import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_list
 
 __all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app", "parse_host_port"]
 
@@ -82,7 +82,7 @@ def _trust_list(name: str, value: str) -> None:
 
 
 def _cert_reqs(name: str, value: str | int) -> None:
-    from dualgate.tls import verify_mode  # tls imports this module
+    from dualgate.edge.tls import verify_mode  # tls imports this module
 
     try:
         verify_mode(value)
@@ -91,7 +91,7 @@ def _cert_reqs(name: str, value: str | int) -> None:
 
 
 def _ciphers(name: str, value: str | None) -> None:
-    from dualgate.tls import check_ciphers
+    from dualgate.edge.tls import check_ciphers
 
     if value is not None:
         try:
@@ -290,7 +290,7 @@ class Config:
         None, "OpenSSL cipher list for TLS 1.2 (default: Python's)", check=_ciphers
     )
 
-    # -- WebSockets (ASGI applications; served by dualgate/websocket.py over wsproto) --------
+    # -- WebSockets (ASGI applications; served by dualgate/ws/protocol.py over wsproto) --------
     ws: WebSockets = _setting(
         "auto",
         "WebSockets for ASGI apps: auto (when wsproto is installed), wsproto (required), none",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from dualgate.asgi import LifespanFailure
+from dualgate.asgi.handler import LifespanFailure
 from dualgate.config import AppLoadError, Config, ConfigError
 from dualgate.server import Server, ServerHooks
 
@@ -35,14 +35,14 @@ EXIT_WORKERS_FAILED = 4
 def serve_config(config: Config) -> int:
     """Serve until stopped; returns the exit code. Failures to start raise, as Server.run does."""
     if config.reload:
-        from dualgate.reload import run_reloader
+        from dualgate.procs.reload import run_reloader
 
         return run_reloader(config)
     if config.workers is not None:
-        from dualgate.supervisor import Supervisor
+        from dualgate.procs.supervisor import Supervisor
 
         return Supervisor(config).run()
-    from dualgate import systemd
+    from dualgate.net import systemd
 
     sockets = systemd.listen_sockets()
     hooks = ServerHooks(on_ready=lambda: _notify("READY=1"), on_stop=lambda: _notify("STOPPING=1"))
@@ -50,7 +50,7 @@ def serve_config(config: Config) -> int:
 
 
 def _notify(message: str) -> None:
-    from dualgate import systemd
+    from dualgate.net import systemd
 
     systemd.notify(message)
 

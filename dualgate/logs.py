@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dualgate.cycle import RequestCycle
+    from dualgate.http.cycle import RequestCycle
 
 __all__ = ["access_logger", "configure_logging", "error_logger", "format_access", "log_access"]
 

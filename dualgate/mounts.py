@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from dualgate.cycle import RequestCycle
-from dualgate.paths import strip_root_path
-from dualgate.state import RequestHandler
-from dualgate.wsgi import path_info_from_raw
+from dualgate.http.cycle import RequestCycle
+from dualgate.http.paths import strip_root_path
+from dualgate.http.state import RequestHandler
+from dualgate.wsgi.bridge import path_info_from_raw
 
 __all__ = ["MountRouter"]
 

@@ -30,23 +30,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dualgate.acceptor import Acceptor
-from dualgate.asgi import ASGIHandler, Lifespan
+from dualgate.asgi.handler import ASGIHandler, Lifespan
 from dualgate.config import Config, ConfigError, LoadedApp, load_app, parse_host_port
-from dualgate.cycle import RequestCycle
-from dualgate.edge import EdgeProtocol
-from dualgate.endpoint import MetricsEndpoint, health_first
+from dualgate.edge.preamble import EdgeProtocol
+from dualgate.edge.tls import TLSContextHolder
+from dualgate.http.connection import HTTPProtocol
+from dualgate.http.cycle import RequestCycle
+from dualgate.http.state import RequestHandler, ServerState
 from dualgate.logs import configure_logging, error_logger
-from dualgate.metered import LagProbe, MeteredHTTPProtocol, tagged
-from dualgate.metrics import Metrics
+from dualgate.metrics.answers import MetricsEndpoint, health_first
+from dualgate.metrics.counters import Metrics
+from dualgate.metrics.metered import LagProbe, MeteredHTTPProtocol, tagged
+from dualgate.metrics.snapshot import Stats
 from dualgate.mounts import MountRouter
-from dualgate.pool import CountingWorkerPool, PoolWarning, WorkerPool
-from dualgate.protocol import HTTPProtocol
-from dualgate.state import RequestHandler, ServerState
-from dualgate.stats import Stats
-from dualgate.tls import TLSContextHolder
-from dualgate.workers import WSGIHandler
-from dualgate.ws_handshake import websockets_unavailable
+from dualgate.net.acceptor import Acceptor
+from dualgate.ws.handshake import websockets_unavailable
+from dualgate.wsgi.pool import CountingWorkerPool, PoolWarning, WorkerPool
+from dualgate.wsgi.threads import WSGIHandler
 
 __all__ = ["Server", "ServerHooks", "run"]
 

@@ -25,8 +25,8 @@ from typing import NamedTuple
 
 import httptools
 
-from dualgate.checks import Refusal
-from dualgate.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
+from dualgate.http.checks import Refusal
+from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 
 __all__ = ["Message", "Outcome", "dualgate_view", "llhttp_view"]
 

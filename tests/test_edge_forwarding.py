@@ -22,7 +22,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import pytest
 
 from dualgate import Server
-from dualgate.proxy_headers import ProxyTrust
+from dualgate.edge.forwarded import ProxyTrust
 from tests.conftest import Reader, Receive, Scope, Send, asgi_app, running_server
 from tests.proxies import CLIENT_ADDRESS, Certs, client_connect, make_certs
 from tests.test_edge_proxy_headers import CASES, SERVER, Case

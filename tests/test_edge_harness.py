@@ -8,8 +8,8 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from dualgate.proxy_headers import ProxyTrust
-from dualgate.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyHeaderReader
+from dualgate.edge.forwarded import ProxyTrust
+from dualgate.edge.proxy_protocol import V2_SIGNATURE, ProxyHeader, ProxyHeaderReader
 from tests.proxies import (
     CLIENT_ADDRESS,
     NGINX_FORWARDING,

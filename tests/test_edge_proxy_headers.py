@@ -1,4 +1,4 @@
-"""The proxy-header rules of dualgate/proxy_headers.py, one table row per rule."""
+"""The proxy-header rules of dualgate/edge/forwarded.py, one table row per rule."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from dualgate import proxy_headers
-from dualgate.proxy_headers import (
+from dualgate.edge import forwarded as proxy_headers
+from dualgate.edge.forwarded import (
     ForwardedView,
     ProxyTrust,
     parse_trust_list,

@@ -1,4 +1,4 @@
-"""The PROXY protocol reader (dualgate/proxy_protocol.py), in memory, byte by byte."""
+"""The PROXY protocol reader (dualgate/edge/proxy_protocol.py), in memory, byte by byte."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from dualgate.proxy_protocol import (
+from dualgate.edge.proxy_protocol import (
     NEED_MORE,
     V1_MAX_SIZE,
     V2_SIGNATURE,

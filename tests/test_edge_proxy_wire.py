@@ -1,6 +1,6 @@
 """--proxy-protocol on a running server: PROXY v1 and v2 headers from a test client and from a
 real HAProxy, what is closed with nothing passed on, the head deadline, and TLS after the
-header (dualgate/tls_bio.py), with the header and the ClientHello apart or in one segment.
+header (dualgate/edge/tls_bio.py), with the header and the ClientHello apart or in one segment.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 import httpx
 import pytest
 
-from dualgate.proxy_protocol import V2_SIGNATURE
+from dualgate.edge.proxy_protocol import V2_SIGNATURE
 from tests.conftest import (
     SOCKET_TIMEOUT,
     Reader,

@@ -1,4 +1,4 @@
-"""dualgate/tls.py: the server context, its reload, and the ASGI TLS extension, over real
+"""dualgate/edge/tls.py: the server context, its reload, and the ASGI TLS extension, over real
 handshakes on loopback (an asyncio server, as the HTTP core will use, in a thread)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from dualgate import Config
 from dualgate.config import ConfigError
-from dualgate.tls import (
+from dualgate.edge.tls import (
     TLSContextHolder,
     build_context,
     tls_scope_extension,

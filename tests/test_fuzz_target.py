@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.fuzz_target import PLAIN, Options, Violation, decode, encode, run_one
-from dualgate.checks import Refusal
-from dualgate.reader import CLOSED, NEED_DATA, ReaderEvent, Request, RequestReader
+from dualgate.http.checks import Refusal
+from dualgate.http.reader import CLOSED, NEED_DATA, ReaderEvent, Request, RequestReader
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = sorted((ROOT / "benchmarks" / "fuzz_corpus").iterdir())

@@ -17,9 +17,9 @@ import pytest
 from prometheus_client.samples import Sample
 
 from dualgate import Server
-from dualgate.pool import WorkerPool
-from dualgate.protocol import HTTPProtocol
-from dualgate.workers import WSGIHandler
+from dualgate.http.connection import HTTPProtocol
+from dualgate.wsgi.pool import WorkerPool
+from dualgate.wsgi.threads import WSGIHandler
 from tests.conftest import (
     SOCKET_TIMEOUT,
     Reader,

@@ -19,11 +19,10 @@ from prometheus_client.samples import Sample
 
 import dualgate
 from dualgate.config import Config, ConfigError, parse_host_port
-from dualgate.exposition import FAMILIES, SUPERVISOR_FAMILIES, render
-from dualgate.flow import Deadline
-from dualgate.metrics import Metrics
-from dualgate.pool import CountingWorkerPool, PoolWarning, WorkerPool
-from dualgate.stats import (
+from dualgate.http.flow import Deadline
+from dualgate.metrics.counters import Metrics
+from dualgate.metrics.prometheus import FAMILIES, SUPERVISOR_FAMILIES, render
+from dualgate.metrics.snapshot import (
     DURATION_BOUNDS,
     REFUSAL_REASONS,
     TIMEOUT_KINDS,
@@ -32,8 +31,9 @@ from dualgate.stats import (
     Stats,
     status_class,
 )
-from dualgate.supervisor import Supervisor, Worker
-from dualgate.worker_process import BEAT, READY, read_snapshot, snapshot_message
+from dualgate.procs.supervisor import Supervisor, Worker
+from dualgate.procs.worker import BEAT, READY, read_snapshot, snapshot_message
+from dualgate.wsgi.pool import CountingWorkerPool, PoolWarning, WorkerPool
 
 PACKAGE = Path(dualgate.__file__).parent
 README = PACKAGE.parent / "README.md"
@@ -188,10 +188,10 @@ def test_every_metric_is_in_the_readme() -> None:
 def test_the_label_values_are_the_ones_the_core_uses() -> None:
     assert set(TIMEOUT_KINDS) == {kind.value for kind in Deadline if kind is not Deadline.NONE}
     kinds: set[str] = set()
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         source = path.read_text()
-        if "from dualgate.checks import" not in source and path.name != "checks.py":
-            continue  # ws_handshake.py has a Refusal of its own, without kinds
+        if "from dualgate.http.checks import" not in source and path.name != "checks.py":
+            continue  # ws/handshake.py has a Refusal of its own, without kinds
         for node in ast.walk(ast.parse(source)):
             if (
                 isinstance(node, ast.Call)

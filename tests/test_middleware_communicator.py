@@ -16,7 +16,7 @@ import pytest
 from asgiref.testing import ApplicationCommunicator
 
 from dualgate import WorkerPool, WSGIMiddleware
-from dualgate.wsgi import build_environ
+from dualgate.wsgi.bridge import build_environ
 from tests.conftest import Message, Receive, Scope, Send
 
 WAIT = 5.0
@@ -227,7 +227,7 @@ async def test_environ_is_built_in_the_worker_thread(
         built_in.append(threading.current_thread())
         return build_environ(**parts)
 
-    monkeypatch.setattr("dualgate.middleware.build_environ", recording_build_environ)
+    monkeypatch.setattr("dualgate.wsgi.middleware.build_environ", recording_build_environ)
     middleware = WSGIMiddleware(environ_app([]))
     middlewares.append(middleware)
     communicator = Communicator(middleware, http_scope())

@@ -17,7 +17,13 @@ from pathlib import Path
 from dualgate import Config, WorkerPool, WSGIMiddleware
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE = ("h11", "dualgate.protocol", "dualgate.server", "dualgate.workers", "dualgate.checks")
+CORE = (
+    "h11",
+    "dualgate.http.connection",
+    "dualgate.server",
+    "dualgate.wsgi.threads",
+    "dualgate.http.checks",
+)
 
 
 def _run_python(code: str) -> str:
@@ -40,7 +46,7 @@ def test_middleware_serves_without_importing_the_http_core() -> None:
         f"""
         import asyncio, sys
         from dualgate import WSGIMiddleware, WorkerPool
-        import dualgate.middleware
+        import dualgate.wsgi.middleware
 
         def app(environ, start_response):
             start_response("200 OK", [("Content-Type", "text/plain")])

@@ -1,10 +1,10 @@
-"""dualgate.paths.strip_root_path: a root path holds whole segments only."""
+"""dualgate.http.paths.strip_root_path: a root path holds whole segments only."""
 
 from __future__ import annotations
 
 import pytest
 
-from dualgate.paths import strip_root_path
+from dualgate.http.paths import strip_root_path
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import dualgate
-from dualgate.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
+from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
 
 WAIT = 5.0
 

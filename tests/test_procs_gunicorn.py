@@ -1,4 +1,4 @@
-"""gunicorn's arbiter running dualgate workers: `gunicorn -k dualgate.gunicorn.Worker`."""
+"""gunicorn's arbiter running dualgate workers: `gunicorn -k dualgate.procs.gunicorn.Worker`."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ app = Starlette(routes=[Route("/", hello)], lifespan=lifespan)
 
 @contextmanager
 def gunicorn(directory: Path, app: str, *options: str) -> Iterator[tuple[Process, int]]:
-    argv = [sys.executable, "-m", "gunicorn", "-k", "dualgate.gunicorn.Worker"]
+    argv = [sys.executable, "-m", "gunicorn", "-k", "dualgate.procs.gunicorn.Worker"]
     argv += ["-b", "127.0.0.1:0", "--graceful-timeout", "10", *options, app]
     if any(setting == "control_socket_disable" for setting in _setting_names()):
         argv.insert(-1, "--no-control-socket")  # gunicorn 25+: one per machine otherwise

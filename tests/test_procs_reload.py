@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from dualgate.reload import DEFAULT_INCLUDE, Watcher
+from dualgate.procs.reload import DEFAULT_INCLUDE, Watcher
 from tests.processes import Load, answer, supervised, wait_until, write_app
 
 EDIT_SEEN_WITHIN = 5.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from dualgate.acceptor import Acceptor
 from dualgate.config import Config
-from dualgate.listeners import bind_reuse_port, open_listeners
+from dualgate.net.acceptor import Acceptor
+from dualgate.net.listeners import bind_reuse_port, open_listeners
 from tests.conftest import SOCKET_TIMEOUT
 
 

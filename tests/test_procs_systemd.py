@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dualgate import systemd
+from dualgate.net import systemd
 from tests.conftest import SOCKET_TIMEOUT, Reader
 from tests.processes import Process, answer, parse, wait_until, write_app
 

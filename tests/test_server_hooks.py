@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from dualgate import Config, Server
-from dualgate.cycle import RequestCycle
+from dualgate.http.cycle import RequestCycle
 from dualgate.server import ServerHooks
 from tests.conftest import SOCKET_TIMEOUT, Reader, connect, ok_app, read_until_closed
 

@@ -1,4 +1,4 @@
-"""The pure request checks (dualgate/checks.py), one rule at a time, without a connection."""
+"""The pure request checks (dualgate/http/checks.py), one rule at a time, without a connection."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from dualgate.checks import (
+from dualgate.http.checks import (
     ChunkedFraming,
     Framing,
     Refusal,
@@ -16,7 +16,7 @@ from dualgate.checks import (
     oversized_head,
     wants_keep_alive,
 )
-from dualgate.grammar import Headers
+from dualgate.http.grammar import Headers
 
 HOST: Headers = [(b"host", b"example.com")]
 MAX_FIELDS = 100

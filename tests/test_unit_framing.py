@@ -1,4 +1,4 @@
-"""Response heads (dualgate/framing.py) built in memory and read back by h11 as a client.
+"""Response heads (dualgate/http/framing.py) built in memory and read back by h11 as a client.
 
 Parsing every head with `h11.Connection(h11.CLIENT)`, after sending it a matching request,
 proves the output is valid HTTP/1.1 and frames its body as `build_head` says it does.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import h11
 import pytest
 
-from dualgate.framing import (
+from dualgate.http.framing import (
     CHUNKED,
     CLOSE,
     EMPTY,
@@ -18,7 +18,7 @@ from dualgate.framing import (
     build_head,
     refusal_response,
 )
-from dualgate.grammar import Headers
+from dualgate.http.grammar import Headers
 
 DATE = b"Thu, 01 Jan 2026 00:00:00 GMT"
 DEFAULTS: Headers = [(b"date", DATE), (b"server", b"dualgate")]

@@ -1,4 +1,5 @@
-"""The connection's phase table (dualgate/phases.py) and its flow control (dualgate/flow.py).
+"""The connection's phase table (dualgate/http/phases.py) and its flow control
+(dualgate/http/flow.py).
 
 Flow control runs on a real event loop with a fake clock and a fake transport: no sockets, and
 no test waits for real time to pass.
@@ -11,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from dualgate.flow import Deadline, FlowControl, resolve
-from dualgate.phases import MOVES, Phase
+from dualgate.http.flow import Deadline, FlowControl, resolve
+from dualgate.http.phases import MOVES, Phase
 
 # -- the phase table ----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The request reader (dualgate/reader.py) in memory: bytes and EOF in, events out, no sockets.
+"""The request reader (dualgate/http/reader.py) in memory: bytes and EOF in, events out, no sockets.
 
 Modelled on h11's own tests. A TCP stream may be cut anywhere, so every request here is fed
 whole, split at every byte, byte by byte and at random points, and must yield the same events
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dualgate.checks import Refusal
-from dualgate.reader import CLOSED, END, NEED_DATA, PAUSED, ReaderEvent, Request, RequestReader
+from dualgate.http.checks import Refusal
+from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, ReaderEvent, Request, RequestReader
 
 MAX_HEAD = 65536
 MAX_FIELDS = 100

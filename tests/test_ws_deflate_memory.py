@@ -5,7 +5,7 @@ from __future__ import annotations
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Ping
 
-from dualgate.ws_deflate import BoundedDeflate
+from dualgate.ws.deflate import BoundedDeflate
 from tests.ws_support import BINARY, CONTINUATION, PING, deflate, frame
 
 

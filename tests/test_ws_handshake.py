@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dualgate.ws_handshake import (
+from dualgate.ws.handshake import (
     Handshake,
     Refusal,
     build_scope,

@@ -16,7 +16,13 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import pytest
 
-from dualgate.wsgi import BytesSource, ClientDisconnected, FileWrapper, build_environ, run_wsgi
+from dualgate.wsgi.bridge import (
+    BytesSource,
+    ClientDisconnected,
+    FileWrapper,
+    build_environ,
+    run_wsgi,
+)
 
 Event = tuple[Any, ...]
 TEXT = [("Content-Type", "text/plain")]

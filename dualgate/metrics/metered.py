@@ -20,12 +20,12 @@ import asyncio
 import time
 from bisect import bisect_left
 
-from dualgate.cycle import RequestCycle
-from dualgate.metrics import InterfaceFigures, Metrics
-from dualgate.phases import Phase
-from dualgate.protocol import HTTPProtocol
-from dualgate.state import RequestHandler
-from dualgate.stats import DURATION_BOUNDS, Histogram
+from dualgate.http.connection import HTTPProtocol
+from dualgate.http.cycle import RequestCycle
+from dualgate.http.phases import Phase
+from dualgate.http.state import RequestHandler
+from dualgate.metrics.counters import InterfaceFigures, Metrics
+from dualgate.metrics.snapshot import DURATION_BOUNDS, Histogram
 
 __all__ = ["SERVER", "LagProbe", "MeteredHTTPProtocol", "tagged"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from dualgate.grammar import QUOTED_STRING, TOKEN_CHARS, Headers
+from dualgate.http.grammar import QUOTED_STRING, TOKEN_CHARS, Headers
 
 __all__ = [
     "MAX_CHUNK_LINE",

@@ -24,10 +24,9 @@ from collections.abc import Callable
 from typing import Any
 from wsgiref.types import WSGIApplication
 
-from dualgate.cycle import RequestCycle
-from dualgate.paths import strip_root_path
-from dualgate.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
-from dualgate.wsgi import (
+from dualgate.http.cycle import RequestCycle
+from dualgate.http.paths import strip_root_path
+from dualgate.wsgi.bridge import (
     BodySource,
     BytesSource,
     ClientDisconnected,
@@ -35,6 +34,7 @@ from dualgate.wsgi import (
     path_info_from_raw,
     run_wsgi,
 )
+from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
 
 __all__ = ["WSGIHandler"]
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from dualgate.logs import error_logger
-from dualgate.stats import WAIT_BOUNDS, Histogram
+from dualgate.metrics.snapshot import WAIT_BOUNDS, Histogram
 
 __all__ = [
     "BUSY_MESSAGE",

@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import unquote_to_bytes
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from dualgate.grammar import BAD_VALUE_TEXT, TOKEN_TEXT, Headers
+from dualgate.http.grammar import BAD_VALUE_TEXT, TOKEN_TEXT, Headers
 
 __all__ = [
     "BodySource",

@@ -57,7 +57,7 @@ _STOP_CHECK_MS = 500
 
 
 def run_reloader(config: Config) -> int:
-    from dualgate.supervisor import Supervisor
+    from dualgate.procs.supervisor import Supervisor
 
     try:
         import watchfiles  # noqa: F401

@@ -22,15 +22,15 @@ import asyncio
 import threading
 from typing import Any, cast
 
-from dualgate.checks import Refusal
-from dualgate.cycle import RequestCycle
-from dualgate.flow import Deadline, FlowControl
-from dualgate.framing import refusal_response
+from dualgate.http.checks import Refusal
+from dualgate.http.cycle import RequestCycle
+from dualgate.http.flow import Deadline, FlowControl
+from dualgate.http.framing import refusal_response
+from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
+from dualgate.http.phases import MOVES, Phase
+from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
+from dualgate.http.state import ServerState
 from dualgate.logs import access_logger, error_logger, log_access
-from dualgate.peer import FROM_PEER, GivenClient, describe, forward
-from dualgate.phases import MOVES, Phase
-from dualgate.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
-from dualgate.state import ServerState
 
 __all__ = ["HTTPProtocol"]
 

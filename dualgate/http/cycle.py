@@ -26,16 +26,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dualgate.flow import FlowControl
-from dualgate.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
-from dualgate.grammar import REASONS, Headers
+from dualgate.http.flow import FlowControl
+from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
+from dualgate.http.grammar import REASONS, Headers
+from dualgate.http.reader import Request
 from dualgate.logs import error_logger
-from dualgate.reader import Request
 
 if TYPE_CHECKING:
     from dualgate.config import Config
-    from dualgate.metrics import InterfaceFigures, Metrics
-    from dualgate.state import Connection, ServerState
+    from dualgate.http.state import Connection, ServerState
+    from dualgate.metrics.counters import InterfaceFigures, Metrics
 
 __all__ = ["Port", "RequestCycle", "loop_can_sendfile"]
 

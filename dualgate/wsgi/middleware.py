@@ -21,16 +21,16 @@ from typing import Any, cast
 from wsgiref.types import WSGIApplication
 
 from dualgate.config import Config
-from dualgate.flow import resolve
-from dualgate.paths import strip_root_path
-from dualgate.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
-from dualgate.wsgi import (
+from dualgate.http.flow import resolve
+from dualgate.http.paths import strip_root_path
+from dualgate.wsgi.bridge import (
     BytesSource,
     ClientDisconnected,
     build_environ,
     path_info_from_raw,
     run_wsgi,
 )
+from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
 
 __all__ = ["WSGIMiddleware"]
 

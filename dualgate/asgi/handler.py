@@ -19,10 +19,10 @@ from urllib.parse import unquote
 
 from asgiref.typing import ASGI3Application, HTTPScope
 
-from dualgate.cycle import RequestCycle
+from dualgate.http.cycle import RequestCycle
+from dualgate.http.paths import strip_root_path
 from dualgate.logs import error_logger
-from dualgate.paths import strip_root_path
-from dualgate.ws_handshake import websockets_unavailable
+from dualgate.ws.handshake import websockets_unavailable
 
 __all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
 
@@ -247,7 +247,7 @@ class ASGIHandler:
             cycle.keep_alive = False
             cycle.respond_error(400, unavailable + "\n")
             return
-        from dualgate.websocket import WebSocketProtocol  # wsproto is an optional extra
+        from dualgate.ws.protocol import WebSocketProtocol  # wsproto is an optional extra
 
         cycle.upgrade(
             WebSocketProtocol(

@@ -34,12 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dualgate.config import Config
-from dualgate.cycle import RequestCycle
+from dualgate.http.cycle import RequestCycle
 from dualgate.launch import EXIT_APP_LOAD, report, run_server
-from dualgate.listeners import bind_reuse_port
 from dualgate.logs import configure_logging, error_logger
+from dualgate.metrics.snapshot import Stats
+from dualgate.net.listeners import bind_reuse_port
 from dualgate.server import Server, ServerHooks
-from dualgate.stats import Stats
 
 __all__ = [
     "BEAT",
@@ -77,7 +77,7 @@ SUPERVISOR_SIGNALS = frozenset(
     }
 )
 _PAYLOAD_ENV = "DUALGATE_WORKER"
-_SPAWNED = "import sys; from dualgate.worker_process import spawned_main; sys.exit(spawned_main())"
+_SPAWNED = "import sys; from dualgate.procs.worker import spawned_main; sys.exit(spawned_main())"
 _DUMP_SIGNAL = signal.SIGUSR1
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from dualgate.pool import PoolFigures
-from dualgate.stats import DURATION_BOUNDS, LAG_BOUNDS, Histogram, Stats
+from dualgate.metrics.snapshot import DURATION_BOUNDS, LAG_BOUNDS, Histogram, Stats
+from dualgate.wsgi.pool import PoolFigures
 
 __all__ = ["InterfaceFigures", "Metrics"]
 

@@ -13,7 +13,7 @@ Header names must be tokens and values free of control characters, as h11 would 
 
 from __future__ import annotations
 
-from dualgate.grammar import BAD_VALUE, REASONS, TOKEN, Headers
+from dualgate.http.grammar import BAD_VALUE, REASONS, TOKEN, Headers
 
 __all__ = ["CHUNKED", "CLOSE", "EMPTY", "LENGTH", "ResponseHead", "build_head", "refusal_response"]
 

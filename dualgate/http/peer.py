@@ -15,9 +15,9 @@ import enum
 import socket
 from typing import Any, Literal, NamedTuple
 
-from dualgate.cycle import RequestCycle, loop_can_sendfile
-from dualgate.proxy_headers import ProxyTrust
-from dualgate.state import ServerState
+from dualgate.edge.forwarded import ProxyTrust
+from dualgate.http.cycle import RequestCycle, loop_can_sendfile
+from dualgate.http.state import ServerState
 
 __all__ = ["FROM_PEER", "ConnectionFacts", "GivenClient", "describe", "forward"]
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from dualgate.cycle import RequestCycle
-from dualgate.exposition import CONTENT_TYPE, render
-from dualgate.grammar import Headers
-from dualgate.state import RequestHandler
-from dualgate.stats import Stats
+from dualgate.http.cycle import RequestCycle
+from dualgate.http.grammar import Headers
+from dualgate.http.state import RequestHandler
+from dualgate.metrics.prometheus import CONTENT_TYPE, render
+from dualgate.metrics.snapshot import Stats
 
 __all__ = ["METRICS_PATH", "Answer", "MetricsEndpoint", "answer", "health_first"]
 

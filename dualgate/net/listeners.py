@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 
 from dualgate.config import Config, ConfigError
-from dualgate.systemd import listen_sockets
+from dualgate.net.systemd import listen_sockets
 
 __all__ = ["Listeners", "bind_reuse_port", "open_listeners"]
 

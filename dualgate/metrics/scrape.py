@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 
-from dualgate.checks import Refusal
-from dualgate.endpoint import Answer
-from dualgate.framing import EMPTY, build_head, refusal_response
-from dualgate.grammar import REASONS
-from dualgate.reader import CLOSED, NEED_DATA, Request, RequestReader
+from dualgate.http.checks import Refusal
+from dualgate.http.framing import EMPTY, build_head, refusal_response
+from dualgate.http.grammar import REASONS
+from dualgate.http.reader import CLOSED, NEED_DATA, Request, RequestReader
+from dualgate.metrics.answers import Answer
 
 __all__ = ["ScrapeServer"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import h11
 
-from dualgate.checks import (
+from dualgate.http.checks import (
     MAX_CHUNK_LINE,
     ChunkedFraming,
     Framing,
@@ -33,7 +33,7 @@ from dualgate.checks import (
     origin_form,
     oversized_head,
 )
-from dualgate.grammar import Headers
+from dualgate.http.grammar import Headers
 
 __all__ = ["CLOSED", "END", "NEED_DATA", "PAUSED", "ReaderEvent", "Request", "RequestReader"]
 

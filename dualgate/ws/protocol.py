@@ -71,8 +71,8 @@ from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason
 
 from dualgate.logs import access_logger, error_logger, format_access
-from dualgate.ws_deflate import BoundedDeflate
-from dualgate.ws_handshake import (
+from dualgate.ws.deflate import BoundedDeflate
+from dualgate.ws.handshake import (
     Handshake,
     HandshakeRequest,
     Refusal,
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from asgiref.typing import ASGI3Application, WebSocketScope
 
     from dualgate.config import Config
-    from dualgate.metrics import Metrics
+    from dualgate.metrics.counters import Metrics
 
 __all__ = ["WebSocketClosed", "WebSocketProtocol"]
 

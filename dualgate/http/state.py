@@ -11,15 +11,15 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Protocol
 
-from dualgate.grammar import Headers
+from dualgate.edge.forwarded import ProxyTrust
+from dualgate.http.grammar import Headers
 from dualgate.logs import access_logger
-from dualgate.metrics import Metrics
-from dualgate.proxy_headers import ProxyTrust
+from dualgate.metrics.counters import Metrics
 
 if TYPE_CHECKING:
     from dualgate.config import Config
-    from dualgate.cycle import RequestCycle
-    from dualgate.tls import TLSContextHolder
+    from dualgate.edge.tls import TLSContextHolder
+    from dualgate.http.cycle import RequestCycle
 
 __all__ = ["Connection", "RequestHandler", "ServerState"]
 

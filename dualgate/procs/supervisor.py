@@ -38,15 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
-from dualgate import systemd
 from dualgate.config import Config, parse_host_port
-from dualgate.endpoint import Answer, answer
 from dualgate.launch import EXIT_WORKERS_FAILED
-from dualgate.listeners import Listeners, open_listeners
 from dualgate.logs import configure_logging, error_logger
-from dualgate.scrape_server import ScrapeServer
-from dualgate.stats import RESTART_REASONS, Stats
-from dualgate.worker_process import (
+from dualgate.metrics.answers import Answer, answer
+from dualgate.metrics.scrape import ScrapeServer
+from dualgate.metrics.snapshot import RESTART_REASONS, Stats
+from dualgate.net import systemd
+from dualgate.net.listeners import Listeners, open_listeners
+from dualgate.procs.worker import (
     BEAT,
     READY,
     RETIRING,

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+from dualgate.edge.proxy_protocol import NEED_MORE, ProxyHeaderReader, ProxyProtocolError
+from dualgate.edge.tls_bio import BIOTransport
+from dualgate.http.connection import HTTPProtocol
+from dualgate.http.state import ServerState
 from dualgate.logs import error_logger
-from dualgate.protocol import HTTPProtocol
-from dualgate.proxy_protocol import NEED_MORE, ProxyHeaderReader, ProxyProtocolError
-from dualgate.state import ServerState
-from dualgate.tls_bio import BIOTransport
 
 __all__ = ["EdgeProtocol"]
 

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from dualgate.stats import (
+from dualgate.metrics.snapshot import (
     REFUSAL_REASONS,
     RESTART_REASONS,
     TIMEOUT_KINDS,
