@@ -10,10 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from dualgate.http.cycle import RequestCycle
 
 __all__ = ["access_logger", "configure_logging", "error_logger", "format_access", "log_access"]
 
@@ -41,20 +37,27 @@ def format_access(
     return f'{client} "{method} {target} HTTP/{version}" {status} {sent} {seconds * 1000:.1f}ms'
 
 
-def log_access(cycle: RequestCycle) -> None:
+def log_access(
+    client: tuple[str, int | None] | None,
+    method: bytes,
+    target: bytes,
+    http_version: bytes,
+    status: int,
+    sent: int,
+    started_at: float,
+) -> None:
     """One access line for a finished (or broken-off) response, naming the real client (the
-    one a trusted proxy forwarded, when it did)."""
-    request = cycle.request
-    client = cycle.client
+    one a trusted proxy forwarded, when it did). Every protocol calls this one, with values:
+    the HTTP/1.1 connection, the WebSocket handshake."""
     access_logger.info(
         format_access(
             _client(client),
-            request.method.decode("ascii", "replace"),
-            request.target.decode("ascii", "replace"),
-            request.http_version.decode("ascii"),
-            cycle.status,
-            cycle.sent_bytes,
-            time.monotonic() - cycle.started_at,
+            method.decode("ascii", "replace"),
+            target.decode("ascii", "replace"),
+            http_version.decode("ascii", "replace"),
+            status,
+            sent,
+            time.monotonic() - started_at,
         )
     )
 

@@ -245,7 +245,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def response_done(self, cycle: RequestCycle) -> None:
         if self.state.access_log:
-            log_access(cycle)
+            _log_access(cycle)
         if self.phase is _CLOSED:
             return
         if not cycle.keep_alive or self.state.shutting_down:
@@ -264,7 +264,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def response_failed(self, cycle: RequestCycle) -> None:
         if self.state.access_log:
-            log_access(cycle)
+            _log_access(cycle)
         self.close()
 
     def upgrade(self, cycle: RequestCycle, protocol: asyncio.BaseProtocol) -> None:
@@ -327,7 +327,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             cycle.status = status
             cycle.complete = True
             if self.state.access_log:
-                log_access(cycle)
+                _log_access(cycle)
         elif self.state.access_log:
             access_logger.info(
                 "%s refused before a request line: %d %s", self.client, status, message
@@ -379,3 +379,16 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         if self.phase is not _UPGRADED:
             self.phase = _CLOSED
             self.transport.abort()
+
+
+def _log_access(cycle: RequestCycle) -> None:
+    request = cycle.request
+    log_access(
+        cycle.client,
+        request.method,
+        request.target,
+        request.http_version,
+        cycle.status,
+        cycle.sent_bytes,
+        cycle.started_at,
+    )

@@ -70,7 +70,7 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason
 
-from dualgate.logs import access_logger, error_logger, format_access
+from dualgate.logs import access_logger, error_logger, log_access
 from dualgate.ws.deflate import BoundedDeflate
 from dualgate.ws.handshake import (
     Handshake,
@@ -511,17 +511,14 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
     def _log_access(self) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
             return
-        client = f"{self._client[0]}:{self._client[1]}" if self._client else "-"
-        access_logger.info(
-            format_access(
-                client,
-                "GET",
-                self._request.target.decode("ascii", "replace"),
-                self._request.http_version.decode("ascii", "replace"),
-                self._status,
-                self._sent,
-                time.monotonic() - self._started,
-            )
+        log_access(
+            self._client,
+            b"GET",
+            self._request.target,
+            self._request.http_version,
+            self._status,
+            self._sent,
+            self._started,
         )
 
     # -- frames in ------------------------------------------------------------------------
