@@ -38,7 +38,8 @@ READY_DEADLINE = 30.0  # seconds a server gets to accept connections
 FLOOR_DEADLINE = 120.0
 VERSIONS = (
     "dualgate", "h11", "uvloop", "waitress", "gunicorn", "uvicorn", "hypercorn", "a2wsgi",
-    "asgiref", "flask", "matplotlib", "wsproto", "websockets",
+    "asgiref", "flask", "matplotlib", "wsproto", "websockets", "httptools", "zttp",
+    "gunicorn_h1c", "granian",
 )  # fmt: skip
 
 
