@@ -157,14 +157,26 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, deadline: float) -> str
     return f"not accepting connections after {deadline:.0f} s"
 
 
-def _session_of(pid: str) -> int | None:
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    """/proc/PID/stat from the field after the command name on (the state is [0]), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Fields after the command name, which is in parentheses and may itself contain spaces.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[3])
+    # The command name is in parentheses and may itself contain spaces and parentheses.
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _session_of(pid: str) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[3]) if fields else None
+
+
+def _session_members(session: int) -> list[str]:
+    return [e for e in os.listdir("/proc") if e.isdigit() and _session_of(e) == session]
 
 
 def _vm_hwm_kib(pid: str) -> int | None:
@@ -185,13 +197,33 @@ def peak_rss_kib(session: int) -> tuple[int, int] | None:
     the master after fork are counted once per process, so the sum overstates a little.
     """
     total = count = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _session_of(entry) == session:
-            hwm = _vm_hwm_kib(entry)
-            if hwm is not None:
-                total += hwm
-                count += 1
+    for entry in _session_members(session):
+        hwm = _vm_hwm_kib(entry)
+        if hwm is not None:
+            total += hwm
+            count += 1
     return (total, count) if count else None
+
+
+def cpu_seconds(session: int) -> float | None:
+    """CPU time (user + system) used so far by a session's process tree, or None when it has no
+    process left.
+
+    Per process, utime + stime cover every thread it has or had, and cutime + cstime every child
+    it has reaped (with their own reaped children): so the sum over the live processes also
+    counts workers that exited and were waited for during the run (a gunicorn worker restarted,
+    a supervisor's worker replaced). A process reaped by something outside the session would be
+    lost, but each server's tree reaps its own. Resolution is one clock tick (10 ms) per process.
+    """
+    ticks = count = 0
+    for entry in _session_members(session):
+        fields = _stat_fields(entry)
+        if fields is None:
+            continue  # exited between the listing and the read
+        # proc(5) fields 14-17 (utime, stime, cutime, cstime), counted from 1 with the pid.
+        ticks += sum(int(f) for f in fields[11:15])
+        count += 1
+    return ticks / _TICKS if count else None
 
 
 def tail(path: Path, lines: int = 8) -> str:

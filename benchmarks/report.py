@@ -3,8 +3,12 @@
 Ratios: in every round each server's figure is divided by wsgiref's figure from the same round
 and scenario and load (so slow drift of a noisy machine cancels); the reported ratio is the
 median of those per-round ratios. The absolute figures are medians over rounds. Above 1 is better
-for req/s, msg/s and MiB/s; below 1 is better for latency and memory. WebSocket scenarios have
-their own baseline (a scenario's `baseline`), since wsgiref has no WebSockets.
+for req/s, msg/s and MiB/s; below 1 is better for latency, memory and CPU time. WebSocket scenarios
+have their own baseline (a scenario's `baseline`), since wsgiref has no WebSockets.
+
+CPU time is the server's whole process tree (utime + stime over every process of its session,
+see `procs.cpu_seconds`) over one timed run, divided by the work that run completed: µs per
+request for req/s loads, per echoed message for msg/s loads, per MiB for transfers.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Sample:
     measurement: Measurement
     rss_kib: int | None  # peak RSS of the server's process tree, summed (see procs.peak_rss_kib)
     processes: int | None
+    cpu_s: float | None = None  # CPU seconds of the server's process tree over the timed run
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class Row:
     processes: int | None
     rounds: int
     notes: tuple[str, ...]
+    cpu_us: float | None = None  # median over rounds of the server's CPU µs per `cpu_per`
+    cpu_ratio: float | None = None
+    cpu_per: str = "req"  # "req", "msg" or "MiB"
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -82,6 +90,27 @@ def _value(s: Sample) -> float | None:
 
 def _rss(s: Sample) -> float | None:
     return s.rss_kib / 1024 if s.rss_kib is not None else None
+
+
+def cpu_per(unit: str) -> str:
+    """What CPU time is divided by for a figure in `unit`: the unit of work it counts."""
+    return {"req/s": "req", "msg/s": "msg"}.get(unit, "MiB")
+
+
+def cpu_us(m: Measurement, cpu_s: float | None) -> float | None:
+    """The server's CPU µs per request, message or MiB of one run; None when nothing completed.
+
+    Failed requests are not in the count, so a run with errors shows the cost of the ones that
+    succeeded plus whatever the failures cost: its errors column says to read it with care.
+    """
+    if cpu_s is None or not m.requests:
+        return None
+    done = m.value * m.seconds if cpu_per(m.unit) == "MiB" else float(m.requests)
+    return cpu_s * 1e6 / done if done > 0 else None
+
+
+def _cpu(s: Sample) -> float | None:
+    return cpu_us(s.measurement, s.cpu_s)
 
 
 def summarise(samples: Sequence[Sample]) -> list[Row]:
@@ -117,6 +146,9 @@ def summarise(samples: Sequence[Sample]) -> list[Row]:
                 processes=max((s.processes or 0 for s in by_round.values()), default=None),
                 rounds=len(by_round),
                 notes=tuple(sorted({m.note for m in ms if m.note})),
+                cpu_us=_median(_cpu(s) for s in by_round.values()),
+                cpu_ratio=_ratio(by_round, base, _cpu),
+                cpu_per=cpu_per(ms[0].unit),
             )
         )
     return rows
@@ -160,7 +192,9 @@ def markdown(
         "wsgiref in the same round (req/s and MiB/s: higher is better; latency and RSS: lower "
         "is better). WebSocket scenarios are compared with uvicorn-wsproto instead, as "
         "wsgiref has no WebSockets. Errors are summed over rounds. Peak RSS is VmHWM summed "
-        "over the server's process tree.",
+        "over the server's process tree. CPU is the server's process tree's user + system time "
+        "over the timed run divided by the requests (messages; MiB for transfers) it completed: "
+        "lower is better, and unlike req/s it does not drop when other work takes the core.",
     ]
     if meta.get("interrupted"):
         out += ["", "**Interrupted: partial results.**"]
@@ -175,21 +209,29 @@ def markdown(
             f"| {floor.requests_per_s:,.0f} |",
         ]
         for scenario in ("hello", "asgi-hello"):
-            best: dict[str, float] = {}
+            best: dict[str, Row] = {}
             for r in rows:
-                if r.scenario == scenario and r.load.startswith("ka-"):
-                    best[r.server] = max(best.get(r.server, 0.0), r.value)
+                if r.scenario != scenario or not r.load.startswith("ka-"):
+                    continue
+                if r.server not in best or r.value > best[r.server].value:
+                    best[r.server] = r
             if best:
                 out += [
                     "",
-                    f"Best keep-alive `{scenario}` req/s as a share of the floor:",
+                    f"Best keep-alive `{scenario}` req/s as a share of the floor, and the "
+                    "server's CPU µs per request at that load (the floor's total µs is the "
+                    "least an h11-based server can spend):",
                     "",
-                    "| server | req/s | % of floor |",
-                    "|---|---:|---:|",
+                    "| server | load | req/s | % of floor | CPU µs/req |",
+                    "|---|---|---:|---:|---:|",
                 ]
                 for server in _ordered(best, server_order):
-                    pct = 100 * best[server] / floor.requests_per_s
-                    out.append(f"| {server} | {best[server]:,.0f} | {pct:.0f}% |")
+                    r = best[server]
+                    pct = 100 * r.value / floor.requests_per_s
+                    out.append(
+                        f"| {server} | {r.load} | {r.value:,.0f} | {pct:.0f}% "
+                        f"| {_num(r.cpu_us, None, 1)} |"
+                    )
     for scenario in SCENARIOS:
         mine = [r for r in rows if r.scenario == scenario]
         if not mine:
@@ -201,23 +243,29 @@ def markdown(
         if baseline != BASELINE:
             out += ["", f"Ratios here are to {baseline} in the same round."]
         out.append("")
+        cpu = f"CPU µs/{cpu_per(unit)}"
         if unit in ("req/s", "msg/s"):
-            out.append(f"| server | load | {unit} | p50 ms | p99 ms | errors | peak RSS MiB |")
+            out.append(
+                f"| server | load | {unit} | {cpu} | p50 ms | p99 ms | errors | peak RSS MiB |"
+            )
         else:
-            out.append(f"| server | load | {unit} | seconds | errors | peak RSS MiB |")
+            out.append(f"| server | load | {unit} | {cpu} | seconds | errors | peak RSS MiB |")
         latency = unit in ("req/s", "msg/s")
-        out.append("|---|---|" + "---:|" * (3 if latency else 2) + "---|---:|")
+        out.append("|---|---|" + "---:|" * (4 if latency else 3) + "---|---:|")
         order = {name: i for i, name in enumerate(server_order)}
         loads = {name: i for i, name in enumerate(load_order)}
         mine.sort(key=lambda r: (loads.get(r.load, 99), order.get(r.server, 99)))
         for r in mine:
+            cpu_cell = _num(r.cpu_us, r.cpu_ratio, 1)
             if latency:
                 middle = (
-                    f"{_num(r.value, r.value_ratio)} | {_num(r.p50_ms, r.p50_ratio, 2)} "
-                    f"| {_num(r.p99_ms, r.p99_ratio, 2)}"
+                    f"{_num(r.value, r.value_ratio)} | {cpu_cell} "
+                    f"| {_num(r.p50_ms, r.p50_ratio, 2)} | {_num(r.p99_ms, r.p99_ratio, 2)}"
                 )
             else:
-                middle = f"{_num(r.value, r.value_ratio, 1)} | {_num(r.seconds, None, 2)}"
+                middle = (
+                    f"{_num(r.value, r.value_ratio, 1)} | {cpu_cell} | {_num(r.seconds, None, 2)}"
+                )
             out.append(
                 f"| {r.server} | {r.load} | {middle} | {_errors(r)} "
                 f"| {_num(r.rss_mib, r.rss_ratio, 1)} |"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +38,8 @@ READY_DEADLINE = 30.0  # seconds a server gets to accept connections
 FLOOR_DEADLINE = 120.0
 VERSIONS = (
     "dualgate", "h11", "uvloop", "waitress", "gunicorn", "uvicorn", "hypercorn", "a2wsgi",
-    "asgiref", "flask", "matplotlib", "wsproto", "websockets",
+    "asgiref", "flask", "matplotlib", "wsproto", "websockets", "httptools", "zttp",
+    "gunicorn_h1c", "granian",
 )  # fmt: skip
 
 
@@ -229,7 +231,7 @@ class Harness:
                 )
                 return
             first = len(self.state.samples)
-            self.drive(step, port)
+            self.drive(step, port, proc.pid)
             rss = procs.peak_rss_kib(proc.pid)
             if proc.poll() is not None:
                 self.note(
@@ -247,14 +249,23 @@ class Harness:
             ]
             say(f"    peak RSS {rss[0] / 1024:.1f} MiB over {rss[1]} process(es)")
 
-    def record(self, step: Step, load: str, m: Measurement) -> None:
+    def record(self, step: Step, load: str, session: int, run: Callable[[], Measurement]) -> None:
+        """Run one timed load and record it with the CPU time the server's tree spent on it."""
         assert step.server is not None
-        _show(load, m)
+        # Read right before the load tool starts and right after it ends: the server is idle
+        # outside that window (the warm-up is over), so the difference is the load's cost.
+        before = procs.cpu_seconds(session)
+        m = run()
+        after = procs.cpu_seconds(session)
+        cpu = after - before if before is not None and after is not None else None
+        _show(load, m, report.cpu_us(m, cpu))
         self.state.samples.append(
-            report.Sample(step.round, step.server.name, step.scenario.name, load, m, None, None)
+            report.Sample(
+                step.round, step.server.name, step.scenario.name, load, m, None, None, cpu
+            )
         )
 
-    def drive(self, step: Step, port: int) -> None:
+    def drive(self, step: Step, port: int, session: int) -> None:
         scenario = step.scenario
         if scenario.kind == "http":
             runner = self.runner if scenario.processes == 1 else self.unpinned_runner
@@ -262,11 +273,17 @@ class Harness:
                 warmup = Load("warmup", 10, False)
                 runner.http(port, scenario.path, warmup, self.args.warmup, scenario.tls)
             for load in HTTP_LOADS:
-                m = runner.http(port, scenario.path, load, self.duration, scenario.tls)
-                self.record(step, load.name, m)
+                self.record(
+                    step,
+                    load.name,
+                    session,
+                    functools.partial(
+                        runner.http, port, scenario.path, load, self.duration, scenario.tls
+                    ),
+                )
             return
         if scenario.websocket:
-            self.drive_websocket(step, port)
+            self.drive_websocket(step, port, session)
             return
         mode: Literal["download", "upload"] = "upload"
         if scenario.kind == "download":
@@ -275,10 +292,16 @@ class Harness:
         warm_path = f"{scenario.path}?bytes={warm}" if mode == "download" else scenario.path
         timeout = float(self.args.stream_timeout)
         self.runner.stream(mode, port, warm_path, warm, timeout)
-        m = self.runner.stream(mode, port, scenario.path, self.stream_bytes, timeout)
-        self.record(step, report.STREAM_LOAD, m)
+        self.record(
+            step,
+            report.STREAM_LOAD,
+            session,
+            functools.partial(
+                self.runner.stream, mode, port, scenario.path, self.stream_bytes, timeout
+            ),
+        )
 
-    def drive_websocket(self, step: Step, port: int) -> None:
+    def drive_websocket(self, step: Step, port: int, session: int) -> None:
         scenario = step.scenario
         if scenario.kind == "ws-echo":
             if self.args.warmup > 0:
@@ -287,7 +310,12 @@ class Harness:
                 )
             for load in WS_LOADS:
                 self.record(
-                    step, load.name, self.runner.ws_echo(port, scenario.path, load, self.duration)
+                    step,
+                    load.name,
+                    session,
+                    functools.partial(
+                        self.runner.ws_echo, port, scenario.path, load, self.duration
+                    ),
                 )
             return
         mode: Literal["download", "upload"] = (
@@ -295,8 +323,14 @@ class Harness:
         )
         timeout = float(self.args.stream_timeout)
         self.runner.ws_stream(mode, port, scenario.path, min(self.stream_bytes, 8 * MIB), timeout)
-        m = self.runner.ws_stream(mode, port, scenario.path, self.stream_bytes, timeout)
-        self.record(step, report.STREAM_LOAD, m)
+        self.record(
+            step,
+            report.STREAM_LOAD,
+            session,
+            functools.partial(
+                self.runner.ws_stream, mode, port, scenario.path, self.stream_bytes, timeout
+            ),
+        )
 
 
 def _certificate(directory: Path) -> tuple[Path, Path]:
@@ -312,11 +346,12 @@ def _certificate(directory: Path) -> tuple[Path, Path]:
     return certfile, keyfile
 
 
-def _show(load: str, m: Measurement) -> None:
+def _show(load: str, m: Measurement, cpu_us: float | None) -> None:
     latency = f", p50 {m.p50_ms:.2f} ms, p99 {m.p99_ms:.2f} ms" if m.p99_ms is not None else ""
+    cpu = f", CPU {cpu_us:,.1f} µs/{report.cpu_per(m.unit)}" if cpu_us is not None else ""
     errors = f", {m.errors} errors {m.error_detail}" if m.errors else ""
     extra = f" [{m.note}]" if m.note else ""
-    say(f"    {load:<10} {m.value:>12,.1f} {m.unit}{latency}{errors}{extra}")
+    say(f"    {load:<10} {m.value:>12,.1f} {m.unit}{latency}{cpu}{errors}{extra}")
 
 
 def _clock(seconds: float) -> str:

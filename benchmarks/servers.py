@@ -1,14 +1,20 @@
 """Launchers: how to start each server under test on a port, serving one MODULE:ATTR.
 
 A launcher only builds an argv; starting, readiness and stopping live in `procs`. Servers run
-with access logging off (dualgate, uvicorn) or at their default, which is off (gunicorn,
+with access logging off (dualgate, uvicorn, granian) or at their default, which is off (gunicorn,
 hypercorn, waitress); wsgiref's per-request log line is silenced by `wsgiref_runner`.
+
+Where a server picks its parser or loop by what is installed (`auto`), the launcher names one,
+so a row means the same on every machine: installing httptools or gunicorn's C parser must not
+quietly turn `uvicorn` or `gunicorn-gthread` into another server. The variants that use them
+are rows of their own.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -93,11 +99,11 @@ class Server:
 
 
 @functools.cache
-def _dualgate_help() -> str | None:
-    """`dualgate serve --help`, or None when the CLI cannot run (not written yet, or broken)."""
+def _help(*argv: str) -> str | None:
+    """`python -m ARGV --help`, or None when it cannot run (not installed, not written yet)."""
     try:
         done = subprocess.run(
-            [PY, "-m", "dualgate", "serve", "--help"],
+            [PY, "-m", *argv, "--help"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -106,6 +112,39 @@ def _dualgate_help() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
+
+
+def _dualgate_help() -> str | None:
+    return _help("dualgate", "serve")
+
+
+def option_help(text: str | None, option: str) -> str | None:
+    """The help of one long option (its line and the indented lines under it), or None.
+
+    Read from argparse's and click's layout alike: the option starts a line after indentation,
+    and its block ends where the next line starting with `-` does. `--http` does not match
+    `--http-parser` or `--http2`.
+    """
+    if text is None:
+        return None
+    lines = text.splitlines()
+    start = re.compile(rf"^\s+(?:-\w, )?{re.escape(option)}(?![\w-])")
+    for i, line in enumerate(lines):
+        if start.match(line):
+            block = [line]
+            for following in lines[i + 1 :]:
+                if following.lstrip().startswith("-"):
+                    break
+                block.append(following)
+            return "\n".join(block)
+    return None
+
+
+def _offers(text: str | None, option: str, value: str) -> bool:
+    """Whether an option's help names `value` as a word (a choice, or in its description)."""
+    block = option_help(text, option)
+    word = rf"(?<![\w-]){re.escape(value)}(?![\w-])"
+    return block is not None and re.search(word, block) is not None
 
 
 def _probe_dualgate() -> str | None:
@@ -132,15 +171,35 @@ def _probe_dualgate_metrics() -> str | None:
     return None
 
 
-def _dualgate(loop: str, metrics: bool = False) -> Build:
+def _probe_dualgate_httptools() -> str | None:
+    text = _dualgate_help()
+    if text is None:
+        return _probe_dualgate()
+    if option_help(text, "--http") is None:
+        return "the dualgate CLI has no `--http` (the parser choice is not in this build yet)"
+    if not _offers(text, "--http", "httptools"):
+        return "the dualgate CLI has no `--http httptools`"
+    return None
+
+
+def _probe_dualgate_httptools_uvloop() -> str | None:
+    return _probe_dualgate_httptools() or _probe_dualgate_uvloop()
+
+
+def _dualgate(loop: str, metrics: bool = False, http: str = "h11") -> Build:
     def build(app: AppRef, port: int, opts: Options) -> list[str]:
         argv = [PY, "-m", "dualgate", "serve", app.target, "--host", LOOPBACK, "--port", str(port)]
         argv += ["--no-access-log", "--interface", app.interface]
         if metrics:
             # Every figure counted, a metrics listener on a free port, and the health answer.
             argv += ["--metrics-address", f"{LOOPBACK}:0", "--health-path", "/healthz"]
-        if "--loop" in (_dualgate_help() or ""):
+        text = _dualgate_help()
+        if "--loop" in (text or ""):
             argv += ["--loop", loop]
+        # Named even for h11 where the CLI has the choice, in case its default is to become
+        # whichever parser is installed; a CLI without `--http` only has h11.
+        if _offers(text, "--http", http):
+            argv += ["--http", http]
         if opts.threads is not None:
             argv += ["--threads", str(opts.threads)]
         if opts.processes > 1:
@@ -160,7 +219,17 @@ def _waitress(app: AppRef, port: int, opts: Options) -> list[str]:
     return [*argv, f"--threads={threads}", app.target]
 
 
-def _gunicorn(worker: str) -> Build:
+def _gunicorn_help() -> str | None:
+    return _help("gunicorn")
+
+
+def _probe_gunicorn_h1c() -> str | None:
+    if option_help(_gunicorn_help(), "--http-parser") is None:
+        return "this gunicorn has no `--http-parser` (its C parser came with gunicorn 25)"
+    return None
+
+
+def _gunicorn(worker: str, parser: str = "python") -> Build:
     def build(app: AppRef, port: int, opts: Options) -> list[str]:
         # One worker process: every server gets the same single core, where more processes
         # would only add context switches. Scenarios with several processes say how many.
@@ -168,19 +237,52 @@ def _gunicorn(worker: str) -> Build:
         argv += [f"--bind={LOOPBACK}:{port}", "--log-level=warning"]
         if worker == "gthread":
             argv.append(f"--threads={opts.threads or 4}")
+        # gunicorn's default (`auto`) is its C parser whenever gunicorn_h1c is installed; `fast`
+        # refuses to fall back to Python. Older gunicorns have only the Python parser.
+        if option_help(_gunicorn_help(), "--http-parser") is not None:
+            argv.append(f"--http-parser={parser}")
         return [*argv, app.target]
 
     return build
 
 
-def _uvicorn(app: AppRef, port: int, opts: Options) -> list[str]:
-    argv = [PY, "-m", "uvicorn", app.target, "--host", LOOPBACK, "--port", str(port)]
-    argv += ["--http", "h11", "--loop", "asyncio", "--no-access-log", "--log-level", "warning"]
-    if opts.processes > 1:
-        argv += ["--workers", str(opts.processes)]
-    if app.interface == "wsgi":
-        return [*argv, "--interface", "wsgi", "--lifespan", "off"]
-    return [*argv, "--interface", "asgi3"]
+def _uvicorn_help() -> str | None:
+    return _help("uvicorn")
+
+
+def _probe_uvicorn_zttp() -> str | None:
+    if not _offers(_uvicorn_help(), "--http", "zttp"):
+        return "this uvicorn has no `--http zttp` (it came with uvicorn 0.55)"
+    return None
+
+
+def _uvicorn_with(http: str, loop: str) -> Build:
+    def build(app: AppRef, port: int, opts: Options) -> list[str]:
+        argv = [PY, "-m", "uvicorn", app.target, "--host", LOOPBACK, "--port", str(port)]
+        argv += ["--http", http, "--loop", loop, "--no-access-log", "--log-level", "warning"]
+        if opts.processes > 1:
+            argv += ["--workers", str(opts.processes)]
+        if app.interface == "wsgi":
+            return [*argv, "--interface", "wsgi", "--lifespan", "off"]
+        return [*argv, "--interface", "asgi3"]
+
+    return build
+
+
+_uvicorn = _uvicorn_with("h11", "asyncio")
+
+
+def _granian(app: AppRef, port: int, opts: Options) -> list[str]:
+    argv = [PY, "-m", "granian", "--interface", app.interface]
+    argv += ["--host", LOOPBACK, "--port", str(port), "--workers", str(opts.processes)]
+    # One Rust runtime thread per worker, as the other servers get one core; HTTP/1 only, as
+    # the others speak, rather than sniffing each connection for HTTP/2 (its `auto`).
+    argv += ["--runtime-threads", "1", "--http", "1"]
+    argv += ["--no-access-log", "--log-level", "warning"]
+    if app.interface == "wsgi" and opts.threads is not None:
+        # The threads WSGI apps run on; ASGI apps run on the event loop (granian allows 1).
+        argv += ["--blocking-threads", str(opts.threads)]
+    return [*argv, app.target]
 
 
 def _uvicorn_ws(implementation: str) -> Build:
@@ -264,6 +366,26 @@ SERVERS = (
         tls=_SSL_FLAGS,
     ),
     Server(
+        "dualgate-httptools",
+        frozenset({"wsgi", "asgi", "websocket"}),
+        ("dualgate", "h11", "httptools"),
+        _dualgate("asyncio", http="httptools"),
+        "dualgate --http httptools (llhttp parsing requests) with the stdlib asyncio loop",
+        probe=_probe_dualgate_httptools,
+        multi=True,
+        tls=_SSL_FLAGS,
+    ),
+    Server(
+        "dualgate-httptools-uvloop",
+        frozenset({"wsgi", "asgi", "websocket"}),
+        ("dualgate", "h11", "httptools", "uvloop"),
+        _dualgate("uvloop", http="httptools"),
+        "dualgate --http httptools --loop uvloop",
+        probe=_probe_dualgate_httptools_uvloop,
+        multi=True,
+        tls=_SSL_FLAGS,
+    ),
+    Server(
         "dualgate-metrics",
         frozenset({"wsgi", "asgi", "websocket"}),
         ("dualgate", "h11"),
@@ -299,6 +421,17 @@ SERVERS = (
         tls=_cert_key_equals,
     ),
     Server(
+        "gunicorn-h1c",
+        frozenset({"wsgi"}),
+        ("gunicorn", "gunicorn_h1c"),
+        _gunicorn("gthread", parser="fast"),
+        "gunicorn gthread (4 threads unless --threads) with --http-parser=fast: gunicorn_h1c, "
+        "its C parser (picohttpparser)",
+        probe=_probe_gunicorn_h1c,
+        multi=True,
+        tls=_cert_key_equals,
+    ),
+    Server(
         "uvicorn",
         frozenset({"wsgi", "asgi"}),
         ("uvicorn", "h11"),
@@ -306,6 +439,36 @@ SERVERS = (
         "uvicorn --http h11 --loop asyncio; WSGI apps through its --interface wsgi",
         multi=True,
         tls=_SSL_FLAGS,
+    ),
+    Server(
+        "uvicorn-httptools",
+        frozenset({"wsgi", "asgi"}),
+        ("uvicorn", "httptools", "uvloop"),
+        _uvicorn_with("httptools", "uvloop"),
+        "uvicorn --http httptools --loop uvloop, what `uvicorn[standard]` picks; WSGI apps "
+        "through its --interface wsgi",
+        multi=True,
+        tls=_SSL_FLAGS,
+    ),
+    Server(
+        "uvicorn-zttp",
+        frozenset({"wsgi", "asgi"}),
+        ("uvicorn", "zttp", "uvloop"),
+        _uvicorn_with("zttp", "uvloop"),
+        "uvicorn --http zttp (a Zig parser) --loop uvloop: beside uvicorn-httptools, the "
+        "parser alone differs; WSGI apps through its --interface wsgi",
+        probe=_probe_uvicorn_zttp,
+        multi=True,
+        tls=_SSL_FLAGS,
+    ),
+    Server(
+        "granian",
+        frozenset({"wsgi", "asgi"}),
+        ("granian",),
+        _granian,
+        "granian (Rust, hyper) --interface wsgi or asgi, 1 worker, 1 runtime thread, HTTP/1, "
+        "its default loop (auto: uvloop when installed)",
+        multi=True,
     ),
     Server(
         "uvicorn-websockets",
