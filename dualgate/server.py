@@ -43,7 +43,7 @@ from dualgate.metrics.counters import Metrics
 from dualgate.metrics.metered import LagProbe, MeteredHTTPProtocol
 from dualgate.metrics.snapshot import Stats
 from dualgate.net.acceptor import Acceptor
-from dualgate.net.listeners import Listeners, listen_on, open_listeners
+from dualgate.net.listeners import Listeners, describe_address, listen_on, open_listeners
 from dualgate.wiring import Wiring
 
 __all__ = ["Server", "ServerHooks"]
@@ -191,7 +191,7 @@ class Server:
             self._lag.start()
         scheme = "https" if self._tls is not None else "http"
         for address in self.addresses:
-            error_logger.info("Serving %s on %s", description, _format_address(address, scheme))
+            error_logger.info("Serving %s on %s", description, describe_address(address, scheme))
         if metrics.metered and self.hooks.serve_metrics:
             await self._serve_metrics(loop)
 
@@ -217,7 +217,7 @@ class Server:
             self._metrics_listeners.append(listener)
             self.metrics_addresses.append(sock.getsockname())
         for address in self.metrics_addresses:
-            error_logger.info("Metrics on %s/metrics", _format_address(address, "http"))
+            error_logger.info("Metrics on %s/metrics", describe_address(address, "http"))
 
     async def _serve_sockets(
         self,
@@ -421,13 +421,6 @@ def _sweep_interval(config: Config) -> float:
     """How often connection deadlines are checked: a timeout fires at most a quarter late."""
     shortest = min(config.timeout_keep_alive, config.timeout_request_head, config.timeout_read)
     return min(1.0, max(0.01, shortest / 4))
-
-
-def _format_address(address: Any, scheme: str) -> str:
-    if isinstance(address, tuple):
-        host = f"[{address[0]}]" if ":" in address[0] else address[0]
-        return f"{scheme}://{host}:{address[1]}"
-    return f"unix:{address}" + (" (TLS)" if scheme == "https" else "")
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

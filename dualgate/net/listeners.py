@@ -19,7 +19,7 @@ from dualgate.config import Config
 from dualgate.errors import ConfigError
 from dualgate.net.systemd import listen_sockets
 
-__all__ = ["Listeners", "bind_reuse_port", "listen_on", "open_listeners"]
+__all__ = ["Listeners", "bind_reuse_port", "describe_address", "listen_on", "open_listeners"]
 
 
 @dataclass
@@ -132,3 +132,11 @@ def _is_socket(path: str) -> bool:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def describe_address(address: object, scheme: str = "http") -> str:
+    """A bound address as the log says it: a URL, or a unix socket's path."""
+    if isinstance(address, tuple):
+        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
+        return f"{scheme}://{host}:{address[1]}"
+    return f"unix:{address}" + (" (TLS)" if scheme == "https" else "")

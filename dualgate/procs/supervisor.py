@@ -36,7 +36,7 @@ from dualgate.metrics.answers import Answer, answer
 from dualgate.metrics.scrape import ScrapeServer
 from dualgate.metrics.snapshot import Stats
 from dualgate.net import systemd
-from dualgate.net.listeners import Listeners, listen_on, open_listeners
+from dualgate.net.listeners import Listeners, describe_address, listen_on, open_listeners
 from dualgate.procs.messages import SUPERVISOR_SIGNALS, Kind, decode, heartbeat_interval
 from dualgate.procs.policy import (
     RELOADING,
@@ -169,8 +169,8 @@ class Supervisor:
     def _announce(self) -> None:
         assert self._listeners is not None
         listeners = self._listeners
-        where = [_describe(sock.getsockname()) for sock in listeners.shared]
-        where += [_describe(address) for _family, address in listeners.reuse_port]
+        where = [describe_address(sock.getsockname()) for sock in listeners.shared]
+        where += [describe_address(address) for _family, address in listeners.reuse_port]
         mode = " (SO_REUSEPORT: one socket per worker)" if listeners.reuse_port else ""
         for address in where:
             error_logger.info(
@@ -189,7 +189,9 @@ class Supervisor:
         timeout = self.config.timeout_request_head
         for sock in listen_on(host, port, _METRICS_BACKLOG):
             self._scrapes.append(ScrapeServer(sock, self._selector, self._answer, timeout))
-            error_logger.info("Supervisor metrics on %s/metrics", _describe(sock.getsockname()))
+            error_logger.info(
+                "Supervisor metrics on %s/metrics", describe_address(sock.getsockname())
+            )
 
     def _answer(self, method: bytes, target: bytes) -> Answer:
         health = self.config.health_path
@@ -353,10 +355,3 @@ class Supervisor:
 def _wake_only(signum: int, frame: FrameType | None) -> None:
     # The wake-up fd has the signal number; the loop reads it from there.
     pass
-
-
-def _describe(address: object) -> str:
-    if isinstance(address, tuple):
-        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
-        return f"http://{host}:{address[1]}"
-    return f"unix:{address}"
