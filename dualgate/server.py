@@ -49,6 +49,9 @@ from dualgate.wiring import Wiring
 __all__ = ["Server", "ServerHooks"]
 
 _SHUTDOWN_POLL = 0.05
+# A job this close to due runs now: the loop may wake a hair early, and waiting again for so
+# little would only wake it once more.
+_TICK_SLACK = 0.001
 # What the server's own metrics listener queues (asyncio's create_server default).
 _METRICS_BACKLOG = 100
 
@@ -409,7 +412,7 @@ class _Ticker:
         now = self._loop.time()
         try:
             for job in list(self._jobs):
-                if job.due <= now:
+                if job.due <= now + _TICK_SLACK:
                     job.due = now + job.interval
                     job.run()
         finally:

@@ -286,8 +286,9 @@ class Supervisor:
             return
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        worker = Worker(pid, self.policy.generation, now, last_beat=now, channel=read_fd)
-        worker.popen = popen
+        worker = Worker(
+            pid, self.policy.generation, now, last_beat=now, channel=read_fd, popen=popen
+        )
         self.policy.started(worker)
         self._selector.register(read_fd, selectors.EVENT_READ, lambda: self._read_channel(worker))
         error_logger.debug("Started worker %d (generation %d)", pid, worker.generation)
