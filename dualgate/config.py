@@ -18,6 +18,9 @@ from typing import Any, Literal
 
 from dualgate.edge.forwarded import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_list
 
+# Re-exported: `from dualgate.config import ConfigError` is how users have caught them.
+from dualgate.errors import AppLoadError, ConfigError
+
 __all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app", "parse_host_port"]
 
 Interface = Literal["auto", "asgi", "wsgi"]
@@ -26,14 +29,6 @@ LoopName = Literal["auto", "asyncio", "uvloop"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 StartMethod = Literal["fork", "spawn"]
 WebSockets = Literal["auto", "wsproto", "none"]
-
-
-class ConfigError(ValueError):
-    """A setting has a value dualgate cannot run with; the message names the setting."""
-
-
-class AppLoadError(ValueError):
-    """The application named on the command line cannot be loaded; the message says why."""
 
 
 def _setting(default: Any, help: str, *, flag: bool = True, **extra: Any) -> Any:

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 from asgiref.typing import ASGI3Application, HTTPScope
 
+from dualgate.errors import LifespanFailure
 from dualgate.http.cycle import RequestCycle
 from dualgate.http.paths import strip_root_path
 from dualgate.logs import error_logger
@@ -263,10 +264,6 @@ class ASGIHandler:
                 metrics=cycle.metrics,
             )
         )
-
-
-class LifespanFailure(RuntimeError):
-    """Start-up (or, with --lifespan on, the lifespan protocol itself) failed."""
 
 
 class Lifespan:
