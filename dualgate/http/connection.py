@@ -28,14 +28,14 @@ from dualgate.http.cycle import RequestCycle, Takeover, View
 from dualgate.http.flow import Deadline, FlowControl
 from dualgate.http.framing import refusal_response
 from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
-from dualgate.http.phases import MOVES, Phase
+from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 from dualgate.http.state import ServerState
 from dualgate.logs import access_logger, error_logger, log_access
 
 __all__ = ["HTTPProtocol"]
 
-_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
+_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = ConnectionPhase
 
 # On a graceful stop, a connection accepted this recently that has not had a request yet gets
 # until then to send one, which is served: unlike an idle keep-alive connection, its client has
@@ -79,7 +79,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._drained = 0
         self._in_events = False
 
-    def _move(self, phase: Phase) -> None:
+    def _move(self, phase: ConnectionPhase) -> None:
         assert phase in MOVES[self.phase], f"{self.phase} -> {phase}"
         self.phase = phase
 
