@@ -106,7 +106,7 @@ class Wiring:
         if not config.mount:
             return routes[0][1], described[0][1] + threads
         listing = ", ".join(f"{prefix} -> {what}" for prefix, what in described)
-        return MountRouter(routes), f"mounts {listing}{threads}"
+        return MountRouter(routes, config.root_path), f"mounts {listing}{threads}"
 
     async def _handler_for(
         self, loaded: LoadedApp, root_path: str, loop: asyncio.AbstractEventLoop
@@ -128,6 +128,7 @@ class Wiring:
                 high_water=config.body_buffer_size,
                 worker_wait=config.timeout_worker,
                 multiprocess=self.hooks.multiprocess,
+                proxy_root=config.root_path,
             )
         self.serves_asgi = True
         lifespan = None
@@ -135,7 +136,14 @@ class Wiring:
             lifespan = Lifespan(loaded.app, config.lifespan, loaded.source)
             self._lifespans.append(lifespan)
             await lifespan.startup()
-        return ASGIHandler(loaded.app, root_path, lifespan)
+        return ASGIHandler(
+            loaded.app,
+            root_path,
+            lifespan,
+            config=config,
+            metrics=self.metrics if self.metrics.metered else None,
+            proxy_root=config.root_path,
+        )
 
     def _check_websockets(self) -> None:
         """WebSockets for ASGI apps need wsproto: required with --ws wsproto, said once if not."""

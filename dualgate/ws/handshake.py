@@ -4,7 +4,7 @@ Rules of this file:
 - Pure functions over an already parsed HTTP request: no sockets, no asyncio, no wsproto (so
   the HTTP core can import it whether or not wsproto is installed).
 - A handshake either passes (`Handshake`: what the protocol needs to answer it) or gets a
-  `Refusal` (status, reason, headers): 400 for a malformed request, 426 with
+  `HandshakeRefusal` (status, reason, headers): 400 for a malformed request, 426 with
   `Sec-WebSocket-Version: 13` for a version other than 13. Never an exception.
 - permessage-deflate offers are parsed here, with quoted values and duplicate parameters, because
   wsproto's own offer parser takes the last offer, lets flags of a declined offer leak into the
@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import unquote
 
+from dualgate.http.grammar import Headers
+
 if TYPE_CHECKING:
     from asgiref.typing import WebSocketScope
 
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ASGI_WEBSOCKET",
     "Handshake",
+    "HandshakeRefusal",
     "HandshakeRequest",
-    "Refusal",
     "build_scope",
     "check_handshake",
     "is_websocket_request",
@@ -39,7 +41,6 @@ __all__ = [
     "websockets_unavailable",
 ]
 
-Headers = list[tuple[bytes, bytes]]
 
 # spec_version 2.5 of the HTTP & WebSocket ASGI spec: `reason` in websocket.disconnect (2.5),
 # send() after close raises an OSError (2.4), `reason` in websocket.close (2.3).
@@ -74,7 +75,7 @@ class Handshake:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class HandshakeRefusal:
     """An opening handshake that must be answered with an HTTP error instead of a 101."""
 
     status: int
@@ -100,33 +101,33 @@ def websockets_unavailable(config: Config) -> str | None:
     return None
 
 
-def check_handshake(request: HandshakeRequest, *, deflate: bool) -> Handshake | Refusal:
+def check_handshake(request: HandshakeRequest, *, deflate: bool) -> Handshake | HandshakeRefusal:
     """RFC 6455 section 4.2.1, items 1 to 6, in that order; item 7 (Origin) is the app's."""
     if request.method != b"GET":
-        return Refusal(400, "A WebSocket handshake must be a GET request")
+        return HandshakeRefusal(400, "A WebSocket handshake must be a GET request")
     if request.http_version in (b"0.9", b"1.0"):
-        return Refusal(400, "A WebSocket handshake needs HTTP/1.1")
+        return HandshakeRefusal(400, "A WebSocket handshake needs HTTP/1.1")
     values: dict[bytes, list[bytes]] = {}
     for name, value in request.headers:
         values.setdefault(name, []).append(value)
     if len(values.get(b"host", ())) != 1:
-        return Refusal(400, "A WebSocket handshake needs one Host header")
+        return HandshakeRefusal(400, "A WebSocket handshake needs one Host header")
     if not any(b"websocket" in _tokens(value) for value in values.get(b"upgrade", ())):
-        return Refusal(400, "A WebSocket handshake needs 'Upgrade: websocket'")
+        return HandshakeRefusal(400, "A WebSocket handshake needs 'Upgrade: websocket'")
     if not any(b"upgrade" in _tokens(value) for value in values.get(b"connection", ())):
-        return Refusal(400, "A WebSocket handshake needs 'Connection: Upgrade'")
+        return HandshakeRefusal(400, "A WebSocket handshake needs 'Connection: Upgrade'")
     keys = values.get(b"sec-websocket-key", [])
     if len(keys) != 1 or not _valid_key(keys[0]):
-        return Refusal(400, "Sec-WebSocket-Key must be one base64-encoded 16-byte value")
+        return HandshakeRefusal(400, "Sec-WebSocket-Key must be one base64-encoded 16-byte value")
     versions = values.get(b"sec-websocket-version", [])
     if versions != [b"13"]:
         # Section 4.2.2: the answer names the version(s) this server speaks.
         status = 426 if versions else 400
         version = [(b"sec-websocket-version", b"13")]
-        return Refusal(status, "Sec-WebSocket-Version must be 13", version)
+        return HandshakeRefusal(status, "Sec-WebSocket-Version must be 13", version)
     lengths = values.get(b"content-length", ())
     if values.get(b"transfer-encoding") or any(value != b"0" for value in lengths):
-        return Refusal(400, "A WebSocket handshake has no request body")
+        return HandshakeRefusal(400, "A WebSocket handshake has no request body")
     subprotocols = []
     for value in values.get(b"sec-websocket-protocol", ()):
         for item in value.split(b","):
@@ -134,7 +135,7 @@ def check_handshake(request: HandshakeRequest, *, deflate: bool) -> Handshake | 
             if not item:
                 continue  # RFC 9110 section 5.6.1: empty list elements are ignored
             if not _TOKEN.fullmatch(item):
-                return Refusal(400, "Sec-WebSocket-Protocol must be a list of tokens")
+                return HandshakeRefusal(400, "Sec-WebSocket-Protocol must be a list of tokens")
             subprotocols.append(item.decode("ascii"))
     offer = negotiate_deflate(values.get(b"sec-websocket-extensions", ())) if deflate else None
     return Handshake(keys[0], subprotocols, offer)

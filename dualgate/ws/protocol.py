@@ -70,12 +70,13 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason
 
+from dualgate.http.grammar import Headers
 from dualgate.logs import access_logger, error_logger, log_access
 from dualgate.ws.deflate import BoundedDeflate
 from dualgate.ws.handshake import (
     Handshake,
+    HandshakeRefusal,
     HandshakeRequest,
-    Refusal,
     build_scope,
     check_handshake,
 )
@@ -88,7 +89,6 @@ if TYPE_CHECKING:
 
 __all__ = ["WebSocketClosed", "WebSocketProtocol"]
 
-Headers = list[tuple[bytes, bytes]]
 Message = dict[str, Any]
 Phase = Literal["handshake", "open", "denying", "closing", "closed"]
 
@@ -180,7 +180,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self._connections.add(self)
         result = check_handshake(self._request, deflate=self._config.ws_per_message_deflate)
-        if isinstance(result, Refusal):
+        if isinstance(result, HandshakeRefusal):
             self._respond(result.status, result.reason, result.headers)
             return
         ws = WSConnection(ConnectionType.SERVER)
