@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from asgiref.typing import ASGI3Application, HTTPScope
 
 from dualgate.http.cycle import RequestCycle
+from dualgate.http.grammar import asgi_headers
 from dualgate.http.paths import strip_root_path
 from dualgate.logs import error_logger
 from dualgate.ws.handshake import websockets_unavailable
@@ -124,7 +125,7 @@ class _Exchange:
         if not cycle.head_sent and self._head is None:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
-            self._head = (_status(message), _headers(message.get("headers", ())))
+            self._head = (_status(message), asgi_headers(message.get("headers", ())))
             return
         if cycle.complete:
             if cycle.disconnected:
@@ -183,15 +184,6 @@ def _status(message: Message) -> int:
     if type(status) is not int or not 100 <= status <= 999:
         raise ValueError(f"http.response.start 'status' must be an int status code, got {status!r}")
     return status
-
-
-def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    headers = []
-    for name, value in raw:
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise TypeError(f"ASGI header names and values must be bytes: {(name, value)!r}")
-        headers.append((name, value))
-    return headers
 
 
 async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle) -> None:
