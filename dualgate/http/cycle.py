@@ -140,6 +140,13 @@ class RequestCycle:
         return self._port.state.connections
 
     @property
+    def state(self) -> ServerState:
+        """What the server's connections share, for a protocol taking over by `upgrade`: it
+        joins the live connections, counts and logs what it answers, and writes the same
+        Date and Server headers."""
+        return self._port.state
+
+    @property
     def can_sendfile(self) -> bool:
         """Whether `sendfile` uses the OS's: not under TLS, nor on a loop without it (uvloop)."""
         return self._port.can_sendfile
