@@ -244,15 +244,13 @@ class ASGIHandler:
         cycle.upgrade(
             WebSocketProtocol(
                 cycle.request,
+                state=cycle.state,
                 client=asgi_client(cycle),
                 server=cycle.server,
                 scheme="wss" if cycle.scheme == "https" else "ws",
                 app=self.app,
                 root_path=self.root_path,
-                state=state,
-                config=cycle.config,
-                connections=cycle.connections,
-                metrics=cycle.metrics,
+                lifespan_state=state,
             )
         )
 
