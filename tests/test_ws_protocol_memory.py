@@ -30,6 +30,7 @@ from wsproto.events import (
 
 from dualgate import Config
 from dualgate.http.state import ServerState
+from dualgate.logs import error_logger
 from dualgate.ws.phases import Phase
 from dualgate.ws.protocol import WebSocketProtocol
 from tests.conftest import ASGIApp, Message, Receive, Scope, Send
@@ -342,23 +343,36 @@ async def test_close_before_accept_is_a_bare_403() -> None:
     assert body == b""
 
 
+class Records(logging.Handler):
+    """The records of one logger, whatever an earlier test did to its propagation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.mark.asyncio
-async def test_an_application_raising_before_accept_is_a_500(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+async def test_an_application_raising_before_accept_is_a_500() -> None:
     async def broken(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
         raise RuntimeError("boom")
 
-    with caplog.at_level(logging.ERROR, logger="dualgate.error"):
+    records = Records()
+    error_logger.addHandler(records)
+    try:
         peer = Peer(broken)
         await until(lambda: peer.transport.closed)
+    finally:
+        error_logger.removeHandler(records)
     events = peer.events()
     assert isinstance(events[0], RejectConnection) and events[0].status_code == 500
     assert b"".join(e.data for e in events if isinstance(e, RejectData)) == (
         b"Internal Server Error\n"
     )
-    assert "boom" in caplog.text
+    assert [str(r.exc_info[1]) for r in records.records if r.exc_info] == ["boom"]
     await until(lambda: peer.protocol not in peer.state.connections)
 
 

@@ -274,10 +274,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self._transport.write_eof()
 
     def abort(self) -> None:
-        self._move(_CLOSED)
-        self._cancel_deadline()
-        if not self._lost:
-            self._transport.abort()
+        self._close_transport(abort=True)
 
     def app_done(self) -> None:
         self._unregister_when_done()
@@ -390,11 +387,14 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def _close_transport(self) -> None:
+    def _close_transport(self, abort: bool = False) -> None:
         self._move(_CLOSED)
         self._cancel_deadline()
         if not self._lost:
-            self._transport.close()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
 
     def _unregister_when_done(self) -> None:
         if self._lost and not self._session.running:
