@@ -281,8 +281,9 @@ async def test_an_upgrade_hands_the_transport_and_the_bytes_after_the_head_over(
             taken.append(("data", data))
 
     def upgrade(cycle: RequestCycle) -> None:
-        def takeover(connections: Any) -> asyncio.BaseProtocol:
-            taken.append(("joined", protocol in connections))
+        def takeover(state: ServerState) -> asyncio.BaseProtocol:
+            # The old protocol has left the live connections; the new one joins them itself.
+            taken.append(("joined", protocol in state.connections))
             return Taker()
 
         cycle.upgrade(takeover)

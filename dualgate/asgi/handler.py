@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-from collections.abc import Callable, MutableSet
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, unquote
 
@@ -21,13 +21,14 @@ from asgiref.typing import ASGI3Application, HTTPScope
 
 from dualgate.errors import LifespanFailure
 from dualgate.http.cycle import RequestCycle
+from dualgate.http.grammar import asgi_headers
 from dualgate.http.paths import strip_root_path
 from dualgate.logs import error_logger
 from dualgate.ws.handshake import websockets_unavailable
 
 if TYPE_CHECKING:
     from dualgate.config import Config
-    from dualgate.http.state import Connection
+    from dualgate.http.state import ServerState
     from dualgate.metrics.counters import Metrics
 
 __all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
@@ -141,7 +142,7 @@ class _ReceiveSend:
         if not cycle.head_sent and self._head is None:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
-            self._head = (_status(message), _headers(message.get("headers", ())))
+            self._head = (_status(message), asgi_headers(message.get("headers", ())))
             return
         if cycle.complete:
             if cycle.disconnected:
@@ -200,15 +201,6 @@ def _status(message: Message) -> int:
     if type(status) is not int or not 100 <= status <= 999:
         raise ValueError(f"http.response.start 'status' must be an int status code, got {status!r}")
     return status
-
-
-def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    headers = []
-    for name, value in raw:
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise TypeError(f"ASGI header names and values must be bytes: {(name, value)!r}")
-        headers.append((name, value))
-    return headers
 
 
 async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle) -> None:
@@ -288,18 +280,16 @@ class ASGIHandler:
             if strip_root_path(path, stripped) is None:
                 request = request.with_target(quote(stripped, safe="/").encode() + request.target)
 
-        def takeover(connections: MutableSet[Connection]) -> asyncio.BaseProtocol:
+        def takeover(server_state: ServerState) -> asyncio.BaseProtocol:
             return WebSocketProtocol(
                 request,
+                state=server_state,
                 client=asgi_client(cycle),
                 server=cycle.server,
                 scheme="wss" if cycle.scheme == "https" else "ws",
                 app=self.app,
                 root_path=self.root_path,
-                state=state,
-                config=self.config,
-                connections=connections,
-                metrics=self.metrics,
+                lifespan_state=state,
             )
 
         cycle.upgrade(takeover)

@@ -19,10 +19,10 @@ which the server builds only while metrics are on.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from typing import Any, cast
 
+from dualgate.http.buffer import read_buffer
 from dualgate.http.checks import Refusal
 from dualgate.http.cycle import RequestCycle, Takeover, View
 from dualgate.http.flow import Deadline, FlowControl
@@ -44,11 +44,6 @@ _FIRST_REQUEST_GRACE = 1.0
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
-# Reads go into one buffer per loop thread (get_buffer): asyncio gives a plain Protocol a fresh
-# 256 KiB object per read, shrunk to what arrived, and that churn fragments glibc's heap (the
-# soak saw RSS grow 18 MiB a minute under the asyncio loop; tests/test_http_reads.py).
-_READ_SIZE = 256 * 1024
-_reads = threading.local()
 
 
 class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
@@ -111,14 +106,11 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self.cycle.lose()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        view: memoryview | None = getattr(_reads, "view", None)
-        if view is None:
-            view = _reads.view = memoryview(bytearray(_READ_SIZE))
-        return view
+        return read_buffer()  # one per loop thread, reused (buffer.py)
 
     def buffer_updated(self, nbytes: int) -> None:
         # Copied out: the reader keeps what it is fed, and the buffer is read into again.
-        self.data_received(bytes(_reads.view[:nbytes]))
+        self.data_received(bytes(read_buffer()[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
@@ -305,9 +297,8 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             return
         self._move(_UPGRADED)
         self.flow.disarm()
-        connections = self.state.connections
-        connections.discard(self)
-        protocol = takeover(connections)
+        self.state.connections.discard(self)
+        protocol = takeover(self.state)
         reader = self.reader
         leftover = reader.take_leftover()
         transport = self.transport

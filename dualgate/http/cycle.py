@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, MutableSet
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
@@ -38,14 +38,15 @@ from dualgate.http.reader import Request
 from dualgate.logs import error_logger
 
 if TYPE_CHECKING:
-    from dualgate.http.state import Connection
+    from dualgate.http.state import ServerState
     from dualgate.metrics.counters import InterfaceFigures
 
 __all__ = ["Port", "RequestCycle", "Takeover", "View", "loop_can_sendfile"]
 
-# What builds the protocol that takes a connection over (`RequestCycle.upgrade`), given the
-# server's live connections, which it joins so that a graceful stop waits for it too.
-Takeover = Callable[[MutableSet["Connection"]], asyncio.BaseProtocol]
+# What builds the protocol that takes a connection over (`RequestCycle.upgrade`), given what the
+# server's connections share: it joins the live connections (so that a graceful stop waits for
+# it too), writes the same Date and Server headers, and counts and logs what it answers.
+Takeover = Callable[["ServerState"], asyncio.BaseProtocol]
 
 
 class View(NamedTuple):

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import unquote
 
-from dualgate.http.grammar import Headers
+from dualgate.http.grammar import TOKEN, Headers
+from dualgate.http.paths import strip_root_path
 
 if TYPE_CHECKING:
     from asgiref.typing import WebSocketScope
@@ -41,13 +42,10 @@ __all__ = [
     "websockets_unavailable",
 ]
 
-
 # spec_version 2.5 of the HTTP & WebSocket ASGI spec: `reason` in websocket.disconnect (2.5),
 # send() after close raises an OSError (2.4), `reason` in websocket.close (2.3).
 ASGI_WEBSOCKET = {"version": "3.0", "spec_version": "2.5"}
 
-# RFC 9110 section 5.6.2: token = 1*tchar.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 7692 section 7.1.2: window bits are 8 to 15 "without leading zeroes". zlib cannot make a
 # raw deflate stream with a 256-byte window, so offers that ask for 8 are declined (section 7.1.1
 # lets a server decline any offer).
@@ -134,7 +132,7 @@ def check_handshake(request: HandshakeRequest, *, deflate: bool) -> Handshake | 
             item = item.strip(b" \t")
             if not item:
                 continue  # RFC 9110 section 5.6.1: empty list elements are ignored
-            if not _TOKEN.fullmatch(item):
+            if not TOKEN.fullmatch(item):
                 return HandshakeRefusal(400, "Sec-WebSocket-Protocol must be a list of tokens")
             subprotocols.append(item.decode("ascii"))
     offer = negotiate_deflate(values.get(b"sec-websocket-extensions", ())) if deflate else None
@@ -184,7 +182,7 @@ def build_scope(
     """The ASGI `websocket` connection scope, with path and root_path as for HTTP requests."""
     raw_path, _, query = request.target.partition(b"?")
     path = unquote(raw_path.decode("ascii", "surrogateescape"))
-    if root_path and not (path == root_path or path.startswith(root_path + "/")):
+    if strip_root_path(path, root_path) is None:
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path
@@ -242,7 +240,7 @@ def _extension_elements(
             name = parts[0].strip()
             if not name:
                 continue  # an empty list element
-            if not _TOKEN.fullmatch(name.encode("latin-1")):
+            if not TOKEN.fullmatch(name.encode("latin-1")):
                 yield None
                 continue
             params: list[tuple[str, str | None]] = []
