@@ -2,7 +2,7 @@
 
 asyncio gives a plain Protocol a fresh 256 KiB object per read, shrunk to what arrived, and that
 churn fragments glibc's heap: the soak saw RSS grow 18 MiB a minute under the asyncio loop
-(tests/test_http_reads.py), and WebSocket uploads ran at half the speed, every fresh buffer
+(tests/http/test_reads.py), and WebSocket uploads ran at half the speed, every fresh buffer
 page-faulting anew. A BufferedProtocol reads into this one instead (`get_buffer`), so whatever
 it is given (`buffer_updated`) must be copied out before it returns: the next read, on any
 connection of the loop, overwrites it.

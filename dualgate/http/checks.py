@@ -6,7 +6,7 @@ request target for any method, a head larger than its limit when it arrives whol
 chunk framing. The request reader (reader.py) passes every head through `check_request` before
 an application can see it, and every chunked body through `ChunkedFraming` as it arrives. This
 module takes bytes and returns a `Refusal` or the request's framing; it knows nothing of
-connections, so each rule is tested on its own (tests/test_unit_checks.py).
+connections, so each rule is tested on its own (tests/http/test_checks.py).
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ class ChunkState(enum.Enum):
 
     A refusal is returned, not a state: the reader stops feeding the framing then. States are
     compared by identity; every move is a plain assignment at a line's end, each written where
-    the state before is known, so the table is checked by tests/test_unit_checks.py rather than
+    the state before is known, so the table is checked by tests/http/test_checks.py rather than
     on every line.
     """
 

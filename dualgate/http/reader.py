@@ -151,7 +151,7 @@ class ReaderState(enum.Enum):
     The states are compared by identity (`is`), as cheap as an int compare. The moves made
     where the state before is known by construction (in `_on_head`, the state is HEAD) are
     plain assignments on the per-request path; the others go through `_move`, which checks
-    the table (an assert: free under -O). tests/test_unit_reader.py checks both against it.
+    the table (an assert: free under -O). tests/http/test_reader.py checks both against it.
     """
 
     HEAD = "head"

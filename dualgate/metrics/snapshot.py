@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Every value a labelled counter can take, so each is exposed from zero (a series that appears
-# only with its first event hides that event from rate()). tests/test_metrics_units.py checks
+# only with its first event hides that event from rate()). tests/metrics/test_units.py checks
 # them against flow.Deadline and the Refusal kinds the core uses.
 TIMEOUT_KINDS = ("head", "body", "keep-alive", "write")
 REFUSAL_REASONS = ("malformed", "too_large", "smuggling", "unsupported", "timeout", "busy")

@@ -15,8 +15,8 @@ import httpx
 from prometheus_client.samples import Sample
 
 from tests.conftest import SOCKET_TIMEOUT
+from tests.metrics.test_units import parse, value
 from tests.processes import Process, answer, get, kill, supervised, wait_until, write_app
-from tests.test_metrics_units import parse, value
 
 METRICS_LINE = re.compile(r"Supervisor metrics on http://127\.0\.0\.1:(\d+)/metrics")
 

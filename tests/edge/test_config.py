@@ -11,7 +11,7 @@ import pytest
 from dualgate import Config
 from dualgate.cli import build_parser
 from dualgate.config import ConfigError
-from tests.test_http_cli import run_cli, the_one_line
+from tests.test_cli import run_cli, the_one_line
 
 
 def config(**options: Any) -> Config:

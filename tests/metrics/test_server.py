@@ -31,7 +31,7 @@ from tests.conftest import (
     connect,
     read_until_closed,
 )
-from tests.test_metrics_units import Captured, parse, value
+from tests.metrics.test_units import Captured, parse, value
 from tests.ws_support import echo_app, open_websocket
 from tests.wsgi_feeders import RawConnection
 

@@ -1,4 +1,4 @@
-"""The proxy-header table (tests/test_edge_proxy_headers.py) over real sockets: every row sent
+"""The proxy-header table (tests/edge/test_forwarded.py) over real sockets: every row sent
 to a running dualgate from 127.0.0.2, its outcome read back from the WSGI environ and from the
 ASGI scope. Each row runs twice: with the trust the row asks for, and from a peer that is not
 trusted at all, where nothing may change whatever the headers say.
@@ -24,8 +24,8 @@ import pytest
 from dualgate import Server
 from dualgate.edge.forwarded import ProxyTrust
 from tests.conftest import Reader, Receive, Scope, Send, asgi_app, running_server
+from tests.edge.test_forwarded import CASES, SERVER, Case
 from tests.proxies import CLIENT_ADDRESS, Certs, client_connect, make_certs
-from tests.test_edge_proxy_headers import CASES, SERVER, Case
 
 HOST = "app.internal"
 UNTRUSTED = "192.0.2.1"  # a trust list that covers no loopback peer

@@ -2,7 +2,7 @@
 
 Modelled on h11's own tests. A TCP stream may be cut anywhere, so every request here is fed
 whole, split at every byte, byte by byte and at random points, and must yield the same events
-each way. `Driver` plays the connection's part (tests/test_http_*.py test the real one over
+each way. `Driver` plays the connection's part (tests/http/test_*.py test the real one over
 sockets): it pumps events until the reader asks for data, and once a request is complete it
 finishes the response (`start_next()`) either at once or later, while more bytes arrive.
 """

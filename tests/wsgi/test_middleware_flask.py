@@ -3,7 +3,7 @@ by uvicorn (each in a subprocess), with a 200 MB streamed upload and a 200 MB st
 in bounded server memory.
 
 The applications live at module level so the server subprocesses import them from this file:
-`python -m dualgate serve tests.test_middleware_flask:app` (or uvicorn) with the repository
+`python -m dualgate serve tests.wsgi.test_middleware_flask:app` (or uvicorn) with the repository
 as --app-dir.
 """
 
@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from dualgate import WSGIMiddleware
 from tests.conftest import SOCKET_TIMEOUT, ServerProcess
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MB = 1 << 20
 TRANSFER = 200 * MB
 BLOCK = 64 * 1024
@@ -90,7 +90,7 @@ app = Starlette(
 
 
 def _server_argv(kind: str) -> list[str]:
-    target = "tests.test_middleware_flask:app"
+    target = "tests.wsgi.test_middleware_flask:app"
     if kind == "dualgate":
         return [sys.executable, "-m", "dualgate", "serve", target, "--port", "0"]
     return [sys.executable, "-m", "uvicorn", target, "--port", "0", "--host", "127.0.0.1"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dualgate import Config, WorkerPool, WSGIMiddleware
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CORE = (
     "h11",
     "dualgate.http.connection",

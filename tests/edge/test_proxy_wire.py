@@ -32,6 +32,7 @@ from tests.conftest import (
     asgi_app,
     connect,
 )
+from tests.edge.test_forwarding import WSGI_KEYS
 from tests.proxies import (
     CLIENT_ADDRESS,
     Certs,
@@ -40,7 +41,6 @@ from tests.proxies import (
     client_hello,
     read_all,
 )
-from tests.test_edge_forwarding import WSGI_KEYS
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 CLIENT = ("198.51.100.7", 4711)

@@ -34,12 +34,12 @@ from tests.conftest import (
     asgi_app,
     connect,
 )
+from tests.edge.test_forwarding import WSGI_KEYS
+from tests.edge.test_tls import common_name, install
 from tests.proxies import Certs, client_hello, make_certs, read_all
-from tests.test_edge_forwarding import WSGI_KEYS
-from tests.test_edge_tls import common_name, install
-from tests.test_http_cli import run_cli, the_one_line
+from tests.test_cli import run_cli, the_one_line
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOOPS = ["asyncio", "uvloop"]
 
 

@@ -15,7 +15,7 @@ from gunicorn.config import KNOWN_SETTINGS
 from tests.conftest import SOCKET_TIMEOUT, Reader
 from tests.processes import Process, get, parse, wait_until, write_app
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 FLASK_APP = """
 import os

@@ -25,9 +25,9 @@ from starlette.routing import Mount, Route
 
 from dualgate import Server, WSGIMiddleware
 from tests.conftest import SOCKET_TIMEOUT, ServeFactory
+from tests.edge.test_tls import recorded
 from tests.proxies import CLIENT_ADDRESS, Certs, ProxyFactory, client_connect, read_all
-from tests.test_edge_tls import recorded
-from tests.test_wsgi_django import SETTINGS
+from tests.wsgi.test_django import SETTINGS
 
 # Sent to nginx (or straight to dualgate) from 127.0.0.2: a Host with a port, and forwarding
 # headers the client made up, which must never win.
@@ -268,7 +268,7 @@ def test_asgi_and_wsgi_middleware_behind_nginx(
 def test_mounts_behind_nginx(
     serve: ServeFactory, nginx_proxy: ProxyFactory, tls_certs: Certs
 ) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     server = serve(
         None,
         mount=(

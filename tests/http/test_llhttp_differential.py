@@ -15,7 +15,7 @@ import pytest
 
 from tests.differential import Outcome, dualgate_view, llhttp_view
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).parent.parent / "corpus"
 REQUESTS = sorted((CORPUS / "requests").glob("*.http"))
 ROW = re.compile(r"^\| `([a-z0-9.-]+)` \|(.*)$", re.MULTILINE)
 ROWS = {name: rest for name, rest in ROW.findall((CORPUS / "DIFFERENCES.md").read_text())}
