@@ -172,7 +172,9 @@ FORBIDDEN = {
     "dualgate.wsgi.bridge": ("dualgate.http.connection", "dualgate.http.cycle"),
     "dualgate.wsgi.pool": ("dualgate.http",),
     "dualgate.wsgi.middleware": ("dualgate.http.connection", "dualgate.http.cycle"),
-    "dualgate.ws": ("dualgate.asgi",),
+    # The ASGI handler hands WebSocket upgrades to ws/: ws may share the pure scope builder
+    # (asgi/scope.py), never the handler.
+    "dualgate.ws": ("dualgate.asgi.handler",),
     "dualgate.procs": ("dualgate.launch",),
     "dualgate.net": ("dualgate.http", "dualgate.server", "dualgate.procs"),
     "dualgate.metrics.snapshot": ("dualgate.http",),

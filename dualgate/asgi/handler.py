@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote
 
 from asgiref.typing import ASGI3Application, HTTPScope
 
+from dualgate.asgi.scope import connection_scope
 from dualgate.errors import LifespanFailure
 from dualgate.http.cycle import RequestCycle
 from dualgate.http.grammar import asgi_headers
@@ -57,34 +58,24 @@ def build_scope(
     """`proxy_root`: the part of `root_path` a proxy in front may strip (the server's root
     path, without the --mount prefix); all of it when None."""
     request = cycle.request
-    raw_path, _, query = request.target.partition(b"?")
-    path = unquote(raw_path.decode("ascii", "surrogateescape"))
-    stripped = root_path if proxy_root is None else proxy_root
-    if strip_root_path(path, stripped) is None:
-        # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
-        path = stripped + path
-        raw_path = stripped.encode("utf-8") + raw_path
-    client = asgi_client(cycle)
+    scope = connection_scope(
+        "http",
+        ASGI_VERSION,
+        request.http_version.decode("ascii"),
+        cycle.scheme,
+        request.target,
+        request.headers,
+        root_path=root_path,
+        proxy_root=proxy_root,
+        client=asgi_client(cycle),
+        server=cycle.server,
+        state=state,
+    )
+    scope["method"] = request.method.decode("ascii")
     extensions: dict[str, Any] = {"http.response.pathsend": {}}
     if cycle.tls is not None:
         extensions["tls"] = cycle.tls
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": ASGI_VERSION,
-        "http_version": request.http_version.decode("ascii"),
-        "method": request.method.decode("ascii"),
-        "scheme": cycle.scheme,
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
-        "root_path": root_path,
-        "headers": request.headers,
-        "client": client,
-        "server": cycle.server,
-        "extensions": extensions,
-    }
-    if state is not None:
-        scope["state"] = state.copy()
+    scope["extensions"] = extensions
     return cast(HTTPScope, scope)
 
 

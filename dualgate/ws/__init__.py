@@ -6,5 +6,6 @@ upgrade (`protocol`: the wire), its phases (`phases`), and the application's sid
 (`session`: the scope, receive() and send()).
 
 May import: the stdlib, wsproto, `dualgate.http` (the connection's parts), `dualgate.config`,
-`dualgate.logs`, `dualgate.metrics`. Never `dualgate.asgi` (the ASGI handler imports this).
+`dualgate.logs`, `dualgate.metrics`, and the pure `dualgate.asgi.scope`. Never the ASGI handler
+(`dualgate.asgi.handler` imports this).
 """

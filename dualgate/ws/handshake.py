@@ -20,10 +20,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
-from urllib.parse import unquote
 
+from dualgate.asgi.scope import connection_scope
 from dualgate.http.grammar import TOKEN, Headers
-from dualgate.http.paths import strip_root_path
 
 if TYPE_CHECKING:
     from asgiref.typing import WebSocketScope
@@ -180,29 +179,20 @@ def build_scope(
     subprotocols: list[str],
 ) -> WebSocketScope:
     """The ASGI `websocket` connection scope, with path and root_path as for HTTP requests."""
-    raw_path, _, query = request.target.partition(b"?")
-    path = unquote(raw_path.decode("ascii", "surrogateescape"))
-    if strip_root_path(path, root_path) is None:
-        # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
-        path = root_path + path
-        raw_path = root_path.encode("utf-8") + raw_path
-    scope: dict[str, Any] = {
-        "type": "websocket",
-        "asgi": ASGI_WEBSOCKET,
-        "http_version": "1.1",
-        "scheme": scheme,
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
-        "root_path": root_path,
-        "headers": request.headers,
-        "client": client,
-        "server": server,
-        "subprotocols": subprotocols,
-        "extensions": {"websocket.http.response": {}},
-    }
-    if state is not None:
-        scope["state"] = state.copy()
+    scope = connection_scope(
+        "websocket",
+        ASGI_WEBSOCKET,
+        "1.1",
+        scheme,
+        request.target,
+        request.headers,
+        root_path=root_path,
+        client=client,
+        server=server,
+        state=state,
+    )
+    scope["subprotocols"] = subprotocols
+    scope["extensions"] = {"websocket.http.response": {}}
     return cast("WebSocketScope", scope)
 
 
