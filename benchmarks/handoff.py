@@ -3,7 +3,7 @@
     taskset -c 0 python -m benchmarks.handoff [--in-flight 10]
 
 A plain thread fed by a `queue.SimpleQueue` that answers with `call_soon_threadsafe` (what
-dualgate's WorkerPool does) against `loop.run_in_executor` with a ThreadPoolExecutor, both with
+dualgate's ThreadPool does) against `loop.run_in_executor` with a ThreadPoolExecutor, both with
 8 threads, on asyncio and on uvloop when installed. Pin it to one core to see the per-core cost.
 """
 

@@ -7,13 +7,24 @@ from typing import TYPE_CHECKING, Any
 from dualgate.config import Config
 from dualgate.version import __version__
 from dualgate.wsgi.middleware import WSGIMiddleware
-from dualgate.wsgi.pool import WorkerPool
+from dualgate.wsgi.pool import ThreadPool
 
 if TYPE_CHECKING:
     from dualgate.launch import run
     from dualgate.server import Server
 
-__all__ = ["Config", "Server", "WSGIMiddleware", "WorkerPool", "__version__", "run"]
+# WorkerPool: the pool's name before "worker" came to mean a process only; kept for users.
+WorkerPool = ThreadPool
+
+__all__ = [
+    "Config",
+    "Server",
+    "ThreadPool",
+    "WSGIMiddleware",
+    "WorkerPool",
+    "__version__",
+    "run",
+]
 
 # The server and its HTTP core (and h11) load on first use (PEP 562), so that an ASGI
 # application which only wants WSGIMiddleware, under another server, does not import them.

@@ -153,7 +153,7 @@ class Config:
         metavar="PREFIX=MODULE:ATTR",
     )
     root_path: str = _setting("", "path prefix the app is mounted under (SCRIPT_NAME / root_path)")
-    threads: int = _setting(16, "worker threads running WSGI applications", check=_positive)
+    threads: int = _setting(16, "pool threads running WSGI applications", check=_positive)
     backlog: int = _setting(2048, "listen backlog of the server socket", check=_positive)
     limit_concurrency: int = _setting(
         1000,
@@ -173,7 +173,7 @@ class Config:
         60.0, "seconds a response may stall with a client that takes no bytes", check=_positive
     )
     timeout_worker: float = _setting(
-        10.0, "seconds a request waits for a free worker thread before a 503", check=_non_negative
+        10.0, "seconds a request waits for a free pool thread before a 503", check=_non_negative
     )
     timeout_graceful_shutdown: float = _setting(
         30.0, "seconds in-flight requests get to finish on shutdown", check=_non_negative
@@ -335,13 +335,13 @@ class Config:
     health_path: str | None = _setting(
         None,
         "answer GET PATH with 200 (503 once stopping) from the server itself, before the "
-        "application and without a worker thread",
+        "application and without a pool thread",
         check=_health_path,
         metavar="PATH",
     )
     pool_warning_interval: float = _setting(
         60.0,
-        "while WSGI requests wait for a free worker thread, say so in dualgate.error at most "
+        "while WSGI requests wait for a free pool thread, say so in dualgate.error at most "
         "once per this many seconds; 0 never",
         check=_non_negative,
     )

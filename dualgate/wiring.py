@@ -1,5 +1,5 @@
 """The request handler of one server, wired from its Config: the applications (under their
-mounts), the WSGI worker pool, ASGI lifespan, the metered wiring, the health check, and a
+mounts), the WSGI thread pool, ASGI lifespan, the metered wiring, the health check, and a
 process manager's per-request hook.
 
 Built once at start-up, on the server's loop, and taken down once at its end; the server itself
@@ -25,7 +25,7 @@ from dualgate.metrics.counters import Metrics
 from dualgate.metrics.metered import tagged
 from dualgate.mounts import MountRouter
 from dualgate.ws.handshake import websockets_unavailable
-from dualgate.wsgi.pool import CountingWorkerPool, PoolWarning, WorkerPool
+from dualgate.wsgi.pool import CountingThreadPool, PoolWarning, ThreadPool
 from dualgate.wsgi.threads import WSGIHandler
 
 __all__ = ["Wiring"]
@@ -52,7 +52,7 @@ class Wiring:
         self.healthy = healthy
         self.on_pool_full = on_pool_full
         # Kept once shut down: the server's stats() still reads its figures.
-        self.pool: WorkerPool | None = None
+        self.pool: ThreadPool | None = None
         self.pool_warning: PoolWarning | None = None
         self.serves_asgi = False
         self._lifespans: list[Lifespan] = []
@@ -115,7 +115,7 @@ class Wiring:
         if loaded.interface == "wsgi":
             if self.pool is None:
                 # Metrics on: a pool that also counts the requests that got a thread at once.
-                pool_class = CountingWorkerPool if self.metrics.metered else WorkerPool
+                pool_class = CountingThreadPool if self.metrics.metered else ThreadPool
                 self.pool = pool_class(config.threads)
                 self._pool_running = True
                 if self.hooks.pause_when_busy:

@@ -96,6 +96,6 @@ def test_only_the_raising_routes_may_log_errors() -> None:
         "2026-12-01 [dualgate.error] ERROR Exception in ASGI application /asgi/raise\n"
     )
     assert no_unexpected_errors(log).passed
-    other = log + "2026-12-01 [dualgate.error] ERROR Worker job failed\n"
+    other = log + "2026-12-01 [dualgate.error] ERROR Pool thread job failed\n"
     verdict = no_unexpected_errors(other)
-    assert not verdict.passed and "Worker job failed" in verdict.detail
+    assert not verdict.passed and "Pool thread job failed" in verdict.detail

@@ -201,35 +201,26 @@ _CHUNK_LINE = re.compile(
 )  # fmt: skip
 
 
-class ChunkState(enum.Enum):
-    """Where ChunkedFraming is in a chunked body.
-
-    Theory of operation. The framing is always in exactly one state; it moves only as
-    `CHUNK_MOVES` allows, at the end of a line, or (DATA) once the chunk's bytes are counted:
-
-        SIZE ──size > 0──> DATA ──size bytes──> DATA_END ──CRLF──> SIZE
-          │
-          └──size 0──> TRAILER ──field line──> TRAILER ──empty line──> DONE
-
-    - SIZE: a chunk-size line, extensions allowed (RFC 9112 section 7.1).
-    - DATA: chunk data, skipped by count: no Python step per byte.
-    - DATA_END: the CRLF that must follow the data.
-    - TRAILER: trailer field lines, held to the head's field and size limits.
-    - DONE: the body's framing is complete; bytes after it are the next request's.
-
-    A refusal is returned, not a state: the reader stops feeding the framing then. States are
-    compared by identity; every move is a plain assignment at a line's end, each written where
-    the state before is known, so the table is checked by tests/http/test_checks.py rather than
-    on every line.
-    """
-
-    SIZE = "size"
-    DATA = "data"
-    DATA_END = "data end"
-    TRAILER = "trailer"
-    DONE = "done"
-
-
+# Where ChunkedFraming is in a chunked body.
+#
+# Theory of operation. The framing is always in exactly one state; it moves only as
+# `CHUNK_MOVES` allows, at the end of a line, or (DATA) once the chunk's bytes are counted:
+#
+#     SIZE ──size > 0──> DATA ──size bytes──> DATA_END ──CRLF──> SIZE
+#       │
+#       └──size 0──> TRAILER ──field line──> TRAILER ──empty line──> DONE
+#
+# - SIZE: a chunk-size line, extensions allowed (RFC 9112 section 7.1).
+# - DATA: chunk data, skipped by count: no Python step per byte.
+# - DATA_END: the CRLF that must follow the data.
+# - TRAILER: trailer field lines, held to the head's field and size limits.
+# - DONE: the body's framing is complete; bytes after it are the next request's.
+#
+# A refusal is returned, not a state: the reader stops feeding the framing then. States are
+# compared by identity; every move is a plain assignment at a line's end, each written where
+# the state before is known, so the table is checked by tests/http/test_checks.py rather than
+# on every line.
+ChunkState = enum.Enum("ChunkState", "SIZE DATA DATA_END TRAILER DONE")
 _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = ChunkState
 
 # Where each state may go next.

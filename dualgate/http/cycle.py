@@ -1,7 +1,7 @@
 """`RequestCycle`: one request and its response, all that an interface (WSGI, ASGI) sees.
 
 Rules of this file:
-- Everything here runs on the event loop thread; worker threads reach a cycle only by posting
+- Everything here runs on the event loop thread; pool threads reach a cycle only by posting
   to the loop (wsgi/threads.py).
 - The request facts (`request`: method, target, headers, version, framing) are read-only once
   the reader has checked them. The request body arrives through `feed_body`/`feed_end`/`lose`,

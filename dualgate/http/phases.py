@@ -34,16 +34,7 @@ import enum
 __all__ = ["MOVES", "ConnectionPhase"]
 
 
-class ConnectionPhase(enum.Enum):
-    IDLE = "idle"
-    HEAD = "head"
-    BODY = "body"
-    RESPONDING = "responding"
-    DRAINING = "draining"
-    UPGRADED = "upgraded"
-    CLOSED = "closed"
-
-
+ConnectionPhase = enum.Enum("ConnectionPhase", "IDLE HEAD BODY RESPONDING DRAINING UPGRADED CLOSED")
 _IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = ConnectionPhase
 
 # Where each phase may go next; HTTPProtocol._move checks every move against it.

@@ -129,38 +129,29 @@ class Request:
 ReaderEvent = Request | bytes | Refusal | _Signal
 
 
-class ReaderState(enum.Enum):
-    """Where the reader is in the request it reads.
-
-    Theory of operation. The reader is always in exactly one state; it moves only as
-    `READER_MOVES` allows:
-
-        HEAD ──head, chunked or with a Content-Length──> BODY ──h11 buffer spent──> DIRECT
-          │                                                │                          │
-          └──head without a body──> DONE <──chunked end────┘     <──length reached────┘
-                                     │
-          HEAD <──start_next()───────┘              any state ──refusal, take_leftover──> FAILED
-
-    - HEAD: bytes go to h11 and to the raw window the head checks read; `next_event` parses.
-    - BODY: body events come from h11: a chunked body (ChunkedFraming checks its framing on
-      the raw bytes as they arrive), or what h11 had buffered of a Content-Length body.
-    - DIRECT: the rest of a Content-Length body, sliced from the raw bytes past h11.
-    - DONE: the request is complete; bytes behind it are only kept until `start_next()`.
-    - FAILED: refused, or handed to another protocol (`take_leftover`); nothing more is read.
-
-    The states are compared by identity (`is`), as cheap as an int compare. The moves made
-    where the state before is known by construction (in `_on_head`, the state is HEAD) are
-    plain assignments on the per-request path; the others go through `_move`, which checks
-    the table (an assert: free under -O). tests/http/test_reader.py checks both against it.
-    """
-
-    HEAD = "head"
-    BODY = "body"
-    DIRECT = "direct"
-    DONE = "done"
-    FAILED = "failed"
-
-
+# Where the reader is in the request it reads.
+#
+# Theory of operation. The reader is always in exactly one state; it moves only as
+# `READER_MOVES` allows:
+#
+#     HEAD ──head, chunked or with a Content-Length──> BODY ──h11 buffer spent──> DIRECT
+#       │                                                │                          │
+#       └──head without a body──> DONE <──chunked end────┘     <──length reached────┘
+#                                  │
+#       HEAD <──start_next()───────┘              any state ──refusal, take_leftover──> FAILED
+#
+# - HEAD: bytes go to h11 and to the raw window the head checks read; `next_event` parses.
+# - BODY: body events come from h11: a chunked body (ChunkedFraming checks its framing on
+#   the raw bytes as they arrive), or what h11 had buffered of a Content-Length body.
+# - DIRECT: the rest of a Content-Length body, sliced from the raw bytes past h11.
+# - DONE: the request is complete; bytes behind it are only kept until `start_next()`.
+# - FAILED: refused, or handed to another protocol (`take_leftover`); nothing more is read.
+#
+# The states are compared by identity (`is`), as cheap as an int compare. The moves made
+# where the state before is known by construction (in `_on_head`, the state is HEAD) are
+# plain assignments on the per-request path; the others go through `_move`, which checks
+# the table (an assert: free under -O). tests/http/test_reader.py checks both against it.
+ReaderState = enum.Enum("ReaderState", "HEAD BODY DIRECT DONE FAILED")
 _HEAD, _BODY, _DIRECT, _DONE, _FAILED = ReaderState
 
 # Where each state may go next.

@@ -1,4 +1,4 @@
-"""What the server answers itself, never the application nor the worker pool: the metrics page
+"""What the server answers itself, never the application nor the thread pool: the metrics page
 (`GET /metrics` on --metrics-address) and the health check (`GET --health-path`).
 
 `answer` decides, from a method and a target alone, for every place that serves these: the

@@ -2,13 +2,13 @@
 metrics are on.
 
 With metrics off none of this exists: the server builds plain HTTPProtocols, a plain
-WorkerPool and untagged handlers, so a request takes not one step more than it would without
+ThreadPool and untagged handlers, so a request takes not one step more than it would without
 metrics. With them on, the server builds these instead:
 - `MeteredHTTPProtocol` counts connections accepted, bytes received and written, and every
   response: by the interface its handler was tagged with, status class and duration;
 - `tagged` handlers put their interface's figures on the cycle before handling it; a response
   no tagged handler saw (the health answer, a 404 outside every --mount) counts as "server";
-- `CountingWorkerPool` (pool.py) counts the requests that got a thread at once;
+- `CountingThreadPool` (pool.py) counts the requests that got a thread at once;
 - `LagProbe` measures how late the loop runs a timer, four times a second.
 WebSocket handshakes are counted by websocket.py itself (interface "websocket"), which is
 given the Metrics only while metrics are on.

@@ -73,9 +73,9 @@ _SENT = Family(
     "HTTP bytes sent: response heads and bodies, before TLS encryption.",
 )
 _THREADS = Family(
-    "dualgate_pool_threads", "gauge", "WSGI worker threads (--threads); 0 without a WSGI app."
+    "dualgate_pool_threads", "gauge", "WSGI pool threads (--threads); 0 without a WSGI app."
 )
-_BUSY = Family("dualgate_pool_threads_busy", "gauge", "WSGI worker threads running a request.")
+_BUSY = Family("dualgate_pool_threads_busy", "gauge", "WSGI pool threads running a request.")
 _WAITING = Family(
     "dualgate_pool_requests_waiting", "gauge", "WSGI requests waiting for a free thread now."
 )

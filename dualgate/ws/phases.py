@@ -40,14 +40,7 @@ import enum
 __all__ = ["MOVES", "Phase"]
 
 
-class Phase(enum.Enum):
-    HANDSHAKE = "handshake"
-    OPEN = "open"
-    DENYING = "denying"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
+Phase = enum.Enum("Phase", "HANDSHAKE OPEN DENYING CLOSING CLOSED")
 _HANDSHAKE, _OPEN, _DENYING, _CLOSING, _CLOSED = Phase
 
 # Where each phase may go next; WebSocketProtocol._move checks every move against it.

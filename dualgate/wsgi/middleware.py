@@ -30,7 +30,7 @@ from dualgate.wsgi.bridge import (
     path_info_from_raw,
     run_wsgi,
 )
-from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
+from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, ThreadPool
 
 __all__ = ["WSGIMiddleware"]
 
@@ -53,7 +53,7 @@ _DEFAULT_WORKER_WAIT: float = _CONFIG_DEFAULTS["timeout_worker"]
 class WSGIMiddleware:
     """Run `app` (WSGI) for each ASGI `http` request, in a bounded pool of threads.
 
-    `pool` (a `dualgate.WorkerPool`) may be shared between several middlewares; by default
+    `pool` (a `dualgate.ThreadPool`) may be shared between several middlewares; by default
     each middleware starts its own `threads` threads on its first request. A request that
     finds no free thread within `worker_wait` seconds gets 503. The defaults are those of
     `Config.threads` and `Config.timeout_worker`, as for dualgate's own server.
@@ -64,7 +64,7 @@ class WSGIMiddleware:
         app: WSGIApplication,
         *,
         threads: int = _DEFAULT_THREADS,
-        pool: WorkerPool | None = None,
+        pool: ThreadPool | None = None,
         worker_wait: float = _DEFAULT_WORKER_WAIT,
     ) -> None:
         self.app = app
@@ -74,9 +74,9 @@ class WSGIMiddleware:
         self._owns_pool = pool is None
 
     @property
-    def pool(self) -> WorkerPool:
+    def pool(self) -> ThreadPool:
         if self._pool is None:
-            self._pool = WorkerPool(self.threads, name="dualgate-wsgi-middleware")
+            self._pool = ThreadPool(self.threads, name="dualgate-wsgi-middleware")
         return self._pool
 
     def close(self, timeout: float = 1.0) -> None:
@@ -150,7 +150,7 @@ class WSGIMiddleware:
 
 
 class _ASGISide:
-    """The ASGI side of one request, reached from the worker thread by posting to the loop."""
+    """The ASGI side of one request, reached from the pool thread by posting to the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send) -> None:
         self.loop = loop
@@ -160,7 +160,7 @@ class _ASGISide:
         self._watcher: asyncio.Task[None] | None = None
 
     def call(self, coroutine: Any) -> Any:
-        """From the worker thread: run `coroutine` on the loop and wait for its result."""
+        """From the pool thread: run `coroutine` on the loop and wait for its result."""
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         return future.result()
 

@@ -1,11 +1,11 @@
-"""The bounded pool of worker threads that run WSGI applications, and its "pool full" answer.
+"""The bounded pool of pool threads that run WSGI applications, and its "pool full" answer.
 
 It is shared by the server (workers.py) and by `WSGIMiddleware`, which runs under any ASGI
 server: so this module imports nothing of dualgate's HTTP core (nor h11), only the stdlib,
 dualgate's loggers and its plain figures (stats.py).
 
 What the pool counts costs nothing while it has free threads: a request that waits, and one that
-is refused, is counted on that slower path only. `CountingWorkerPool` (metrics on) also counts
+is refused, is counted on that slower path only. `CountingThreadPool` (metrics on) also counts
 every job, so the wait histogram can hold those that got a thread at once; `PoolWarning` says in
 dualgate.error that requests wait, for operators without metrics.
 """
@@ -27,21 +27,24 @@ __all__ = [
     "BUSY_MESSAGE",
     "BUSY_RETRY_AFTER",
     "BUSY_STATUS",
-    "CountingWorkerPool",
+    "CountingThreadPool",
     "Job",
     "PoolFigures",
     "PoolWarning",
-    "WorkerPool",
+    "ThreadPool",
 ]
 
 Job = Callable[[], None]
+# Called on the loop when a job waited its whole `wait` for a thread (the 503 answer).
+Refused = Callable[[], None]
+Loop = asyncio.AbstractEventLoop
 
 # The one answer to a request that found no free thread in time, for both feeders: a 503
 # whose Retry-After tells the client the refusal is momentary (RFC 9110 section 10.2.3).
 # The server adds its usual Content-Type and Content-Length around the body.
 BUSY_STATUS = 503
 BUSY_RETRY_AFTER = (b"retry-after", b"1")
-BUSY_MESSAGE = "All workers are busy, retry later\n"
+BUSY_MESSAGE = "All threads are busy, retry later\n"
 
 
 class PoolFigures(NamedTuple):
@@ -51,7 +54,7 @@ class PoolFigures(NamedTuple):
     longest_wait: float  # seconds the oldest of them has waited so far
     refused: int  # jobs refused (no thread within their wait), ever
     waits: Histogram  # waits of the jobs that waited and then got a thread
-    at_once: int  # jobs that got a thread at once (CountingWorkerPool only; else 0)
+    at_once: int  # jobs that got a thread at once (CountingThreadPool only; else 0)
 
 
 class _Window(NamedTuple):
@@ -62,7 +65,7 @@ class _Window(NamedTuple):
     longest_wait: float
 
 
-class WorkerPool:
+class ThreadPool:
     """A fixed set of threads, started once and shared, with a bounded wait for a free one.
 
     A job either starts on a free thread, waits up to `wait` seconds for one, or is refused
@@ -70,7 +73,7 @@ class WorkerPool:
     per started job when it is done, from the loop that submitted it.
     """
 
-    def __init__(self, size: int, name: str = "dualgate-worker") -> None:
+    def __init__(self, size: int, name: str = "dualgate-thread") -> None:
         self.size = size
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -101,15 +104,9 @@ class WorkerPool:
             try:
                 job()
             except BaseException:  # a job must never take its thread down
-                error_logger.exception("Worker job failed")
+                error_logger.exception("Pool thread job failed")
 
-    def submit(
-        self,
-        job: Job,
-        on_refused: Callable[[], None],
-        wait: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def submit(self, job: Job, on_refused: Refused, wait: float, loop: Loop) -> None:
         with self._lock:
             if self._free > 0:
                 self._free -= 1
@@ -197,26 +194,20 @@ class WorkerPool:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
-class CountingWorkerPool(WorkerPool):
-    """A WorkerPool that also counts every job submitted (metrics on).
+class CountingThreadPool(ThreadPool):
+    """A ThreadPool that also counts every job submitted (metrics on).
 
     A plain pool takes no step for a job that finds a free thread; this one takes one, so that
     the wait histogram can put those jobs in its first bucket.
     """
 
-    def __init__(self, size: int, name: str = "dualgate-worker") -> None:
+    def __init__(self, size: int, name: str = "dualgate-thread") -> None:
         super().__init__(size, name)
         self._submitted = 0
 
-    def submit(
-        self,
-        job: Job,
-        on_refused: Callable[[], None],
-        wait: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def submit(self, job: Job, on_refused: Refused, wait: float, loop: Loop) -> None:
         self._submitted += 1
-        WorkerPool.submit(self, job, on_refused, wait, loop)
+        ThreadPool.submit(self, job, on_refused, wait, loop)
 
     def _at_once(self) -> int:
         # Every job submitted got a thread at once, got one after waiting, was refused, or waits
@@ -230,7 +221,7 @@ class PoolWarning:
     """Says in dualgate.error, at most once per `interval` seconds, that requests waited for a
     thread, with the figures: so an operator without metrics learns that --threads is low."""
 
-    def __init__(self, pool: WorkerPool, interval: float) -> None:
+    def __init__(self, pool: ThreadPool, interval: float) -> None:
         self._pool = pool
         self._interval = interval
         self._last: float | None = None
@@ -245,7 +236,7 @@ class PoolWarning:
             return
         self._last = now
         error_logger.warning(
-            "WSGI requests are waiting for a worker thread: %d threads, %d busy, %d waiting now, "
+            "WSGI requests are waiting for a pool thread: %d threads, %d busy, %d waiting now, "
             "longest wait %.2fs; %d waited and %d got a 503 since the last warning "
             "(--threads may be too low)",
             figures.threads,

@@ -1,7 +1,7 @@
-"""The only code that crosses threads: the worker pool and the thread side of a request.
+"""The only code that crosses threads: the thread pool and the thread side of a request.
 
 Rules of this file:
-- Worker threads never touch a RequestCycle directly; they post to the loop through the
+- Pool threads never touch a RequestCycle directly; they post to the loop through the
   handler's `LoopInbox`, which keeps the posts of one request in order and wakes the loop once
   for however many posts pile up before it runs.
 - The loop never blocks on a thread. Threads block only on their own condition variables, and
@@ -34,7 +34,7 @@ from dualgate.wsgi.bridge import (
     path_info_from_raw,
     run_wsgi,
 )
-from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
+from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, ThreadPool
 
 __all__ = ["WSGIHandler"]
 
@@ -43,7 +43,7 @@ _WAKE_INTERVAL = 0.5
 
 
 class LoopInbox:
-    """Calls posted from worker threads, run on the loop in the order they came.
+    """Calls posted from pool threads, run on the loop in the order they came.
 
     `loop.call_soon_threadsafe` writes to the loop's wake-up pipe on every call, and the loop
     reads it back: two system calls per post. Under load several workers finish while the loop
@@ -150,7 +150,7 @@ class _ThreadBody:
 
 
 class ThreadSink:
-    """The response of one request, from its worker thread to the loop.
+    """The response of one request, from its pool thread to the loop.
 
     `start` and `end` only record: the job's single post at completion carries them, so a small
     response crosses threads once. `write` posts at once and waits while too much is queued.
@@ -161,7 +161,7 @@ class ThreadSink:
         cycle: RequestCycle,
         loop: asyncio.AbstractEventLoop,
         inbox: LoopInbox,
-        pool: WorkerPool,
+        pool: ThreadPool,
         high_water: int,
     ) -> None:
         self._cycle = cycle
@@ -291,12 +291,12 @@ class ThreadSink:
 
 
 class WSGIHandler:
-    """Serves each RequestCycle by running a WSGI application on the worker pool."""
+    """Serves each RequestCycle by running a WSGI application on the thread pool."""
 
     def __init__(
         self,
         app: WSGIApplication,
-        pool: WorkerPool,
+        pool: ThreadPool,
         loop: asyncio.AbstractEventLoop,
         *,
         root_path: str,
@@ -326,7 +326,7 @@ class WSGIHandler:
             or cycle.body_buffered >= self.high_water
         ):
             # Wait on the loop for a first buffer-full (or the whole body), so a dribbling
-            # upload holds no worker thread while it dribbles.
+            # upload holds no pool thread while it dribbles.
             cycle.when_body_ready(functools.partial(self, cycle))
             return
         source: BodySource

@@ -18,7 +18,7 @@ from prometheus_client.samples import Sample
 
 from dualgate import Server
 from dualgate.http.connection import HTTPProtocol
-from dualgate.wsgi.pool import WorkerPool
+from dualgate.wsgi.pool import ThreadPool
 from dualgate.wsgi.threads import WSGIHandler
 from tests.conftest import (
     SOCKET_TIMEOUT,
@@ -415,7 +415,7 @@ def test_the_pool_warning_comes_at_most_once_per_interval(
 def test_with_metrics_off_nothing_metered_is_built(serve: ServeFactory, app: BlockingApp) -> None:
     server = serve(app, max_head_size=1024)
     assert server.metrics_addresses == []
-    assert type(server._wiring.pool) is WorkerPool
+    assert type(server._wiring.pool) is ThreadPool
     state = server.state
     assert state is not None
     assert type(state.handler) is WSGIHandler  # no tag, no health check in front of it

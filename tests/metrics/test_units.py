@@ -34,7 +34,7 @@ from dualgate.metrics.snapshot import (
 from dualgate.procs.messages import BEAT, READY, read_snapshot, snapshot_message
 from dualgate.procs.supervisor import Supervisor, Worker
 from dualgate.server import Server
-from dualgate.wsgi.pool import CountingWorkerPool, PoolWarning, WorkerPool
+from dualgate.wsgi.pool import CountingThreadPool, PoolWarning, ThreadPool
 
 PACKAGE = Path(dualgate.__file__).parent
 README = PACKAGE.parent / "README.md"
@@ -212,7 +212,7 @@ def test_the_label_values_are_the_ones_the_core_uses() -> None:
 @pytest.mark.asyncio
 async def test_the_pool_counts_waits_refusals_and_at_once_starts() -> None:
     loop = asyncio.get_running_loop()
-    pool = CountingWorkerPool(1, name="test-counting-pool")
+    pool = CountingThreadPool(1, name="test-counting-pool")
     try:
         ran: list[str] = []
         refused: list[str] = []
@@ -247,7 +247,7 @@ async def test_the_pool_counts_waits_refusals_and_at_once_starts() -> None:
 
 
 def test_a_plain_pool_counts_no_at_once_starts() -> None:
-    pool = WorkerPool(1, name="test-plain-pool")
+    pool = ThreadPool(1, name="test-plain-pool")
     try:
         assert pool.figures().at_once == 0
         assert pool.figures().waits.bounds == WAIT_BOUNDS
@@ -278,7 +278,7 @@ class Captured(logging.Handler):
 @pytest.mark.asyncio
 async def test_the_pool_warning_is_said_at_most_once_per_interval() -> None:
     loop = asyncio.get_running_loop()
-    pool = WorkerPool(1, name="test-warning-pool")
+    pool = ThreadPool(1, name="test-warning-pool")
     try:
         warning = PoolWarning(pool, interval=10.0)
         warning.check(time.monotonic())  # nothing waited: nothing said

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from asgiref.testing import ApplicationCommunicator
 
-from dualgate import WorkerPool, WSGIMiddleware
+from dualgate import ThreadPool, WSGIMiddleware
 from dualgate.wsgi.bridge import build_environ
 from tests.conftest import Message, Receive, Scope, Send
 
@@ -466,7 +466,7 @@ async def test_request_waits_for_a_thread_within_worker_wait(
 
 @pytest.mark.asyncio
 async def test_shared_pool_exhausted_gives_503() -> None:
-    pool = WorkerPool(1, name="test-shared-pool")
+    pool = ThreadPool(1, name="test-shared-pool")
     try:
         entered, release = threading.Event(), threading.Event()
         first = WSGIMiddleware(blocking_app(entered, release), pool=pool, worker_wait=0.2)

@@ -14,7 +14,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from dualgate import Config, WorkerPool, WSGIMiddleware
+from dualgate import Config, ThreadPool, WSGIMiddleware
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = (
@@ -45,7 +45,7 @@ def test_middleware_serves_without_importing_the_http_core() -> None:
     output = _run_python(
         f"""
         import asyncio, sys
-        from dualgate import WSGIMiddleware, WorkerPool
+        from dualgate import WSGIMiddleware, ThreadPool
         import dualgate.wsgi.middleware
 
         def app(environ, start_response):
@@ -98,7 +98,7 @@ def test_defaults_are_the_servers() -> None:
 
 
 def test_pool_is_the_exported_worker_pool() -> None:
-    pool = WorkerPool(1, name="test-standalone-pool")
+    pool = ThreadPool(1, name="test-standalone-pool")
     try:
         middleware = WSGIMiddleware(lambda environ, start_response: [], pool=pool)
         assert middleware.pool is pool

@@ -1,4 +1,4 @@
-"""dualgate.WorkerPool on its own: a job starts, waits for a thread within its bound, or is refused.
+"""dualgate.ThreadPool on its own: a job starts, waits for a thread within its bound, or is refused.
 
 The pool is exercised on a real event loop with real threads; every wait is bounded.
 """
@@ -12,17 +12,17 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import dualgate
-from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, WorkerPool
+from dualgate.wsgi.pool import BUSY_MESSAGE, BUSY_RETRY_AFTER, BUSY_STATUS, ThreadPool
 
 WAIT = 5.0
 
 
 @pytest.fixture
-def pools() -> Iterator[Callable[[int], WorkerPool]]:
-    made: list[WorkerPool] = []
+def pools() -> Iterator[Callable[[int], ThreadPool]]:
+    made: list[ThreadPool] = []
 
-    def make(size: int) -> WorkerPool:
-        pool = WorkerPool(size, name="test-pool")
+    def make(size: int) -> ThreadPool:
+        pool = ThreadPool(size, name="test-pool")
         made.append(pool)
         return pool
 
@@ -34,7 +34,7 @@ def pools() -> Iterator[Callable[[int], WorkerPool]]:
 class Jobs:
     """Jobs that block until released, and what became of each, seen from the loop."""
 
-    def __init__(self, pool: WorkerPool, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: ThreadPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.loop = loop
         self.started: dict[str, threading.Event] = {}
@@ -63,7 +63,7 @@ class Jobs:
 
 @pytest.mark.asyncio
 async def test_full_pool_refuses_at_once_without_a_wait(
-    pools: Callable[[int], WorkerPool],
+    pools: Callable[[int], ThreadPool],
 ) -> None:
     jobs = Jobs(pools(1), asyncio.get_running_loop())
     jobs.submit("first", wait=0)
@@ -81,7 +81,7 @@ async def test_full_pool_refuses_at_once_without_a_wait(
 
 @pytest.mark.asyncio
 async def test_waiting_job_runs_when_a_thread_is_released(
-    pools: Callable[[int], WorkerPool],
+    pools: Callable[[int], ThreadPool],
 ) -> None:
     jobs = Jobs(pools(1), asyncio.get_running_loop())
     jobs.submit("first", wait=0)
@@ -102,7 +102,7 @@ async def test_waiting_job_runs_when_a_thread_is_released(
 
 @pytest.mark.asyncio
 async def test_waiting_job_is_refused_when_its_wait_runs_out(
-    pools: Callable[[int], WorkerPool],
+    pools: Callable[[int], ThreadPool],
 ) -> None:
     loop = asyncio.get_running_loop()
     jobs = Jobs(pools(1), loop)
@@ -122,7 +122,7 @@ async def test_waiting_job_is_refused_when_its_wait_runs_out(
 
 
 def test_shutdown_stops_every_thread() -> None:
-    pool = WorkerPool(3, name="test-pool-shutdown")
+    pool = ThreadPool(3, name="test-pool-shutdown")
     threads = [t for t in threading.enumerate() if t.name.startswith("test-pool-shutdown-")]
     assert len(threads) == pool.size == 3
     pool.shutdown(WAIT)
@@ -130,7 +130,12 @@ def test_shutdown_stops_every_thread() -> None:
 
 
 def test_worker_pool_is_exported_with_the_busy_answer() -> None:
-    assert dualgate.WorkerPool is WorkerPool
-    assert "WorkerPool" in dualgate.__all__
+    assert dualgate.ThreadPool is ThreadPool
+    assert "ThreadPool" in dualgate.__all__
     assert (BUSY_STATUS, BUSY_RETRY_AFTER) == (503, (b"retry-after", b"1"))
-    assert BUSY_MESSAGE == "All workers are busy, retry later\n"
+    assert BUSY_MESSAGE == "All threads are busy, retry later\n"
+
+
+def test_the_name_users_imported_before_still_works() -> None:
+    # "worker" now means a process only; the pool was dualgate.WorkerPool before that.
+    assert dualgate.WorkerPool is dualgate.ThreadPool
