@@ -37,13 +37,15 @@ from dualgate.edge.tls import TLSContextHolder
 from dualgate.http.connection import HTTPProtocol
 from dualgate.http.cycle import RequestCycle
 from dualgate.http.state import RequestHandler, ServerState
-from dualgate.logs import configure_logging, error_logger
+from dualgate.logs import error_logger
+from dualgate.logsetup import configure_logging
 from dualgate.metrics.answers import MetricsEndpoint, health_first
 from dualgate.metrics.counters import Metrics
 from dualgate.metrics.metered import LagProbe, MeteredHTTPProtocol, tagged
 from dualgate.metrics.snapshot import Stats
 from dualgate.mounts import MountRouter
 from dualgate.net.acceptor import Acceptor
+from dualgate.version import __version__
 from dualgate.ws.handshake import websockets_unavailable
 from dualgate.wsgi.pool import CountingWorkerPool, PoolWarning, WorkerPool
 from dualgate.wsgi.threads import WSGIHandler
@@ -135,7 +137,7 @@ class Server:
         return 0
 
     async def serve(self) -> None:
-        configure_logging(self.config.log_level, self.config.access_log)
+        configure_logging(self.config)
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
@@ -250,7 +252,12 @@ class Server:
             self._watch_pool(loop)
         scheme = "https" if self._tls is not None else "http"
         for address in self.addresses:
-            error_logger.info("Serving %s on %s", description, _format_address(address, scheme))
+            error_logger.info(
+                "dualgate %s: Serving %s on %s",
+                __version__,
+                description,
+                _format_address(address, scheme),
+            )
         if metrics.metered and self.hooks.serve_metrics:
             await self._serve_metrics(loop)
 

@@ -30,7 +30,7 @@ from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, Phase
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 from dualgate.http.state import ServerState
-from dualgate.logs import access_logger, error_logger, log_access
+from dualgate.logs import error_logger, log_access
 
 __all__ = ["HTTPProtocol"]
 
@@ -329,9 +329,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             if self.state.access_log:
                 _log_access(cycle)
         elif self.state.access_log:
-            access_logger.info(
-                "%s refused before a request line: %d %s", self.client, status, message
-            )
+            log_access(self.client, b"-", b"-", b"-", status, 0, None, ())
         self.close()
 
     def check_deadline(self, now: float) -> None:
@@ -391,4 +389,6 @@ def _log_access(cycle: RequestCycle) -> None:
         cycle.status,
         cycle.sent_bytes,
         cycle.started_at,
+        request.headers,
+        cycle.response_headers,
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dualgate.http.flow import FlowControl
@@ -80,6 +80,7 @@ class RequestCycle:
         "on_body_ready",
         "on_disconnect",
         "request",
+        "response_headers",
         "scheme",
         "sent_bytes",
         "server",
@@ -115,6 +116,8 @@ class RequestCycle:
         self.complete = False
         self.status = 0
         self.sent_bytes = 0
+        # The application's response headers, as given, for an access line that shows some.
+        self.response_headers: Sequence[tuple[bytes, bytes]] = ()
         self.keep_alive = request.keep_alive
         self._framing = EMPTY
         self._remaining = 0
@@ -242,6 +245,7 @@ class RequestCycle:
             self.respond_error(500, "Internal Server Error\n")
             return None
         self.status = status
+        self.response_headers = headers
         self.head_sent = True
         self.keep_alive = head.keep_alive
         self._framing = head.framing

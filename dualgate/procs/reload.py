@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dualgate.config import Config, ConfigError
-from dualgate.logs import configure_logging, error_logger
+from dualgate.logs import error_logger
+from dualgate.logsetup import configure_logging
 
 if TYPE_CHECKING:
     from watchfiles import Change
@@ -63,7 +64,7 @@ def run_reloader(config: Config) -> int:
         import watchfiles  # noqa: F401
     except ImportError:
         raise ConfigError("--reload needs watchfiles: pip install 'dualgate[reload]'") from None
-    configure_logging(config.log_level, config.access_log)
+    configure_logging(config)
     roots = [Path(d).resolve() for d in config.reload_dir or (".",)]
     for root in roots:
         if not root.is_dir():

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from dualgate.config import Config
 from dualgate.http.cycle import RequestCycle
 from dualgate.launch import EXIT_APP_LOAD, report, run_server
-from dualgate.logs import configure_logging, error_logger
+from dualgate.logs import error_logger
+from dualgate.logsetup import configure_logging
 from dualgate.metrics.snapshot import Stats
 from dualgate.net.listeners import bind_reuse_port
 from dualgate.server import Server, ServerHooks
@@ -218,7 +219,7 @@ def serve(spec: WorkerSpec) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
 
     config = spec.config
-    configure_logging(config.log_level, config.access_log)
+    configure_logging(config)
     channel = _Channel(spec.channel_fd)
     sockets = [socket.socket(fileno=fd) for fd in spec.shared_fds]
     try:

@@ -519,6 +519,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self._status,
             self._sent,
             self._started,
+            self._request.headers,
         )
 
     # -- frames in ------------------------------------------------------------------------
