@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dualgate.config import Config
+from dualgate.version import __version__
 from dualgate.wsgi.middleware import WSGIMiddleware
 from dualgate.wsgi.pool import WorkerPool
 
 if TYPE_CHECKING:
-    from dualgate.server import Server, run
-
-__version__ = "0.1.0"
+    from dualgate.launch import run
+    from dualgate.server import Server
 
 __all__ = ["Config", "Server", "WSGIMiddleware", "WorkerPool", "__version__", "run"]
 
@@ -21,13 +21,15 @@ _LAZY = frozenset({"Server", "run"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from dualgate import server
-
-        value = getattr(server, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: Any
+    if name == "Server":
+        from dualgate.server import Server as value
+    elif name == "run":
+        from dualgate.launch import run as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

@@ -10,9 +10,10 @@ import typing
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from dualgate import __version__
 from dualgate.config import Config
-from dualgate.launch import reporting_failures, serve_config
+from dualgate.errors import reporting_failures
+from dualgate.launch import serve_config
+from dualgate.version import __version__
 
 __all__ = ["main"]
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dualgate.edge.forwarded import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_list
+
+# Re-exported: `from dualgate.config import ConfigError` is how users have caught them.
+from dualgate.errors import AppLoadError, ConfigError
 from dualgate.logs import AccessFormat
 
 __all__ = [
@@ -45,14 +48,6 @@ LOG_CONFIG_KINDS = {
     ".cfg": "fileConfig",
     ".conf": "fileConfig",
 }
-
-
-class ConfigError(ValueError):
-    """A setting has a value dualgate cannot run with; the message names the setting."""
-
-
-class AppLoadError(ValueError):
-    """The application named on the command line cannot be loaded; the message says why."""
 
 
 def _setting(default: Any, help: str, *, flag: bool = True, **extra: Any) -> Any:

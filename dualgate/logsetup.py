@@ -23,7 +23,8 @@ import logging.config
 import os
 from typing import Any, TextIO
 
-from dualgate.config import LOG_CONFIG_KINDS, Config, ConfigError
+from dualgate.config import LOG_CONFIG_KINDS, Config
+from dualgate.errors import ConfigError
 from dualgate.logs import AccessFormat, access_logger, error_logger, use_access_format
 
 __all__ = ["configure_logging"]

@@ -1,27 +1,27 @@
-"""`Server`: binds, serves, and stops gracefully; `run()` for the common case.
+"""`Server`: binds, serves, and stops gracefully.
 
-The server owns everything that lives as long as it does: the listening sockets, the live
-connections (through ServerState), the worker pool, the once-a-second Date header, the TLS
-context holder (SIGHUP reloads its files), and the signal handlers. `started` tells an
+The server owns everything that lives as long as it does: the listening sockets (bound through
+net/listeners.py unless a process manager hands it some), the live connections (through
+ServerState), the TLS context holder (SIGHUP reloads its files), the signal handlers, and one
+ticker for everything periodic: the once-a-second Date header, the connection deadlines, a
+process manager's heartbeat, the pool warning. What stands between a connection and the
+applications (apps, mounts, pool, lifespan, metrics, health) is wiring.py's. `started` tells an
 embedding program (or a test) when the sockets are bound and which address they got;
 `shutdown()` asks for a graceful stop from any thread.
 
-It also owns what it counts (metrics.py) and `stats()`, the snapshot of it. With
---metrics-address it builds the metered wiring (metered.py) instead of the plain one, and a
-listener of its own for `GET /metrics`, answered on the loop (endpoint.py) and kept open until
-the drain is over; with --health-path, `health_first` stands before the application's handler.
-Neither is built otherwise, so neither costs a request anything then.
+It also owns what it counts (metrics/counters.py) and `stats()`, the snapshot of it. With
+--metrics-address it serves the metered protocol instead of the plain one, and a listener of
+its own for `GET /metrics`, answered on the loop and kept open until the drain is over.
 
-A process manager (supervisor.py's workers, the gunicorn worker class, systemd) hands the server
-already-bound `sockets` and `ServerHooks`: callbacks on the loop for readiness, a heartbeat,
-each request and the start of a stop, and which signals stop the server.
+A process manager (procs/worker.py, the gunicorn worker class) hands the server already-bound
+`sockets` and `ServerHooks` (hooks.py). The server never decides how many processes run: the
+launcher (launch.py) does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import threading
@@ -30,58 +30,32 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dualgate.asgi.handler import ASGIHandler, Lifespan
-from dualgate.config import Config, ConfigError, LoadedApp, load_app, parse_host_port
+from dualgate.config import Config, parse_host_port
 from dualgate.edge.preamble import EdgeProtocol
 from dualgate.edge.tls import TLSContextHolder
+from dualgate.errors import ConfigError
+from dualgate.hooks import ServerHooks
 from dualgate.http.connection import HTTPProtocol
-from dualgate.http.cycle import RequestCycle
-from dualgate.http.state import RequestHandler, ServerState
+from dualgate.http.state import ServerState
 from dualgate.logs import error_logger
 from dualgate.logsetup import configure_logging
-from dualgate.metrics.answers import MetricsEndpoint, health_first
+from dualgate.metrics.answers import MetricsEndpoint
 from dualgate.metrics.counters import Metrics
-from dualgate.metrics.metered import LagProbe, MeteredHTTPProtocol, tagged
+from dualgate.metrics.metered import LagProbe, MeteredHTTPProtocol
 from dualgate.metrics.snapshot import Stats
-from dualgate.mounts import MountRouter
 from dualgate.net.acceptor import Acceptor
+from dualgate.net.listeners import Listeners, describe_address, listen_on, open_listeners
 from dualgate.version import __version__
-from dualgate.ws.handshake import websockets_unavailable
-from dualgate.wsgi.pool import CountingWorkerPool, PoolWarning, WorkerPool
-from dualgate.wsgi.threads import WSGIHandler
+from dualgate.wiring import Wiring
 
-__all__ = ["Server", "ServerHooks", "run"]
+__all__ = ["Server", "ServerHooks"]
 
 _SHUTDOWN_POLL = 0.05
-
-
-@dataclass
-class ServerHooks:
-    """What a process manager asks of a server. Every callback runs on the server's loop."""
-
-    # The application is loaded, ASGI lifespan start-up has finished, the sockets serve.
-    on_ready: Callable[[], None] | None = None
-    # A graceful stop has begun.
-    on_stop: Callable[[], None] | None = None
-    # Called every `heartbeat_interval` seconds by the loop itself, so a blocked loop goes quiet.
-    heartbeat: Callable[[], None] | None = None
-    heartbeat_interval: float = 1.0
-    # Called with each request before the application sees it; False means the hook has
-    # answered the request itself (a refusal) and the application is not called.
-    on_request: Callable[[RequestCycle], bool] | None = None
-    # Stop accepting while every WSGI thread is busy, so a sibling process sharing the socket
-    # takes the connection instead of it queueing here.
-    pause_when_busy: bool = False
-    # wsgi.multiprocess: other processes serve the same application at the same time.
-    multiprocess: bool = False
-    # The first of these stops gracefully and a second one forces; `force_signals` force at once.
-    graceful_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
-    force_signals: tuple[int, ...] = ()
-    # Told of each of those signals before the server acts on it.
-    on_signal: Callable[[int], None] | None = None
-    # With --metrics-address: False counts every figure but binds no metrics listener (a
-    # worker process, whose supervisor serves the figures of all its workers).
-    serve_metrics: bool = True
+# A job this close to due runs now: the loop may wake a hair early, and waiting again for so
+# little would only wake it once more.
+_TICK_SLACK = 0.001
+# What the server's own metrics listener queues (asyncio's create_server default).
+_METRICS_BACKLOG = 100
 
 
 class Server:
@@ -103,22 +77,18 @@ class Server:
         self._stop: asyncio.Event | None = None
         self._force = False
         self._stop_requested = False
+        self._bound: Listeners | None = None  # the sockets this server bound itself
         self._listeners: list[asyncio.Server] = []
         self._acceptors: list[Acceptor] = []
-        # Connections nothing has arrived on yet, and when they were accepted.
-        self._pool: WorkerPool | None = None
-        self._lifespans: list[Lifespan] = []
-        self._serves_asgi = False
         self._tls: TLSContextHolder | None = None
         self.state: ServerState | None = None
         self._metrics = Metrics(metered=config.metrics_address is not None)
-        # The pool as stats() reads it, kept after the pool itself is shut down.
-        self._pool_for_stats: WorkerPool | None = None
+        self._wiring = Wiring(config, self._metrics, self.hooks, self._healthy, self._on_pool_full)
+        self._ticker: _Ticker | None = None
         self._metrics_state: ServerState | None = None
-        self._metrics_listener: asyncio.Server | None = None
+        self._metrics_listeners: list[asyncio.Server] = []
         self.metrics_addresses: list[Any] = []
         self._lag: LagProbe | None = None
-        self._pool_warning: PoolWarning | None = None
 
     @property
     def port(self) -> int:
@@ -143,6 +113,7 @@ class Server:
         self._stop = asyncio.Event()
         if self._stop_requested:
             self._stop.set()  # shutdown() came before the loop did
+        self._ticker = _Ticker(loop)
         try:
             await self._startup(loop)
         except BaseException as exc:
@@ -154,7 +125,7 @@ class Server:
         self.started.set()
         self._install_signal_handlers(loop)
         if self.hooks.heartbeat is not None:
-            self._beat(loop, self.hooks.heartbeat, self.hooks.heartbeat_interval)
+            self._ticker.every(self.hooks.heartbeat_interval, self.hooks.heartbeat)
         if self.hooks.on_ready is not None:
             self.hooks.on_ready()
         try:
@@ -167,7 +138,7 @@ class Server:
         """The server's figures now, as a snapshot; safe from any thread, and before and after
         serving. With metrics off only the free figures are counted (README "Metrics")."""
         state = self.state
-        pool = self._pool_for_stats
+        pool = self._wiring.pool
         return self._metrics.snapshot(
             connections_open=len(state.connections) if state is not None else 0,
             shutting_down=not self._healthy(),
@@ -194,18 +165,11 @@ class Server:
         # First, so a certificate that cannot be used stops the start before the app loads.
         if config.ssl_certfile is not None:
             self._tls = TLSContextHolder(config)
-        handler, description = await self._build_handler(loop)
-        if self.hooks.on_request is not None:
-            handler = _counted(handler, self.hooks.on_request)
-        if config.health_path is not None:
-            # Before everything else: a probe never counts towards --limit-max-requests.
-            handler = health_first(config.health_path, handler, self._healthy)
-        if self._serves_asgi:
-            self._check_websockets()
+        handler, description = await self._wiring.build(loop)
         metrics = self._metrics
         self.state = state = ServerState(config, handler, self._tls, metrics)
         http = MeteredHTTPProtocol if metrics.metered else HTTPProtocol
-        listen: dict[str, Any] = {"backlog": config.backlog}
+        tls: dict[str, Any] = {}
         protocol_factory: Callable[[], asyncio.BaseProtocol]
         if config.proxy_protocol:
             # The PROXY header comes before any TLS byte: edge.py reads it, then runs TLS itself.
@@ -219,47 +183,35 @@ class Server:
 
             if self._tls is not None:
                 # The handshake counts against the request-head deadline.
-                listen["ssl"] = self._tls.listener_context
-                listen["ssl_handshake_timeout"] = config.timeout_request_head
+                tls["ssl"] = self._tls.listener_context
+                tls["ssl_handshake_timeout"] = config.timeout_request_head
 
-        if self.sockets:
-            await self._serve_sockets(loop, protocol_factory, listen)
-            listener = None
-        elif config.uds is not None:
-            if os.path.exists(config.uds) and _is_socket(config.uds):
-                os.unlink(config.uds)
-            listener = await loop.create_unix_server(protocol_factory, config.uds, **listen)
-        elif config.fd is not None:
-            sock = socket.socket(fileno=config.fd)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                listener = await loop.create_server(protocol_factory, sock=sock, **listen)
-            else:
-                listener = await loop.create_unix_server(protocol_factory, sock=sock, **listen)
-        else:
-            listener = await loop.create_server(
-                protocol_factory, config.host, config.port, reuse_address=True, **listen
-            )
-        if listener is not None:
-            self._listeners.append(listener)
-            self.addresses = [sock.getsockname() for sock in listener.sockets]
-        self._tick_date(loop)
-        self._sweep_deadlines(loop, _sweep_interval(config))
+        if not self.sockets:
+            self._bound = open_listeners(config, workers=False)
+            self.sockets = self._bound.shared
+        await self._serve_sockets(loop, protocol_factory, tls)
+        self._start_ticking(state)
         if metrics.metered:
             self._lag = LagProbe(loop, metrics.loop_lag)
             self._lag.start()
-        if self._pool is not None and config.pool_warning_interval > 0:
-            self._pool_warning = PoolWarning(self._pool, config.pool_warning_interval)
-            self._watch_pool(loop)
         scheme = "https" if self._tls is not None else "http"
         for address in self.addresses:
             error_logger.info(
                 "dualgate %s: Serving %s on %s",
                 __version__,
                 description,
-                _format_address(address, scheme),
+                describe_address(address, scheme),
             )
         if metrics.metered and self.hooks.serve_metrics:
             await self._serve_metrics(loop)
+
+    def _start_ticking(self, state: ServerState) -> None:
+        assert self._ticker is not None
+        self._ticker.every(1.0, self._tick_date)
+        self._ticker.every(_sweep_interval(self.config), self._sweep_deadlines)
+        warning = self._wiring.pool_warning
+        if warning is not None:
+            self._ticker.every(1.0, lambda: warning.check(time.monotonic()))
 
     async def _serve_metrics(self, loop: asyncio.AbstractEventLoop) -> None:
         """The metrics listener: the HTTP core with a handler that answers on the loop, its own
@@ -270,25 +222,25 @@ class Server:
         self._metrics_state = state = ServerState(config, endpoint)
         state.access_log = False
         host, port = parse_host_port(config.metrics_address)
-        self._metrics_listener = listener = await loop.create_server(
-            lambda: HTTPProtocol(state, loop), host, port, reuse_address=True
-        )
-        self.metrics_addresses = [sock.getsockname() for sock in listener.sockets]
+        for sock in listen_on(host, port, _METRICS_BACKLOG):
+            listener = await loop.create_server(lambda: HTTPProtocol(state, loop), sock=sock)
+            self._metrics_listeners.append(listener)
+            self.metrics_addresses.append(sock.getsockname())
         for address in self.metrics_addresses:
-            error_logger.info("Metrics on %s/metrics", _format_address(address, "http"))
+            error_logger.info("Metrics on %s/metrics", describe_address(address, "http"))
 
     async def _serve_sockets(
         self,
         loop: asyncio.AbstractEventLoop,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
-        listen: dict[str, Any],
+        tls: dict[str, Any],
     ) -> None:
+        listen = {"backlog": self.config.backlog, **tls}
         for sock in self.sockets:
             if self.hooks.pause_when_busy:
                 # One connection per wake-up: every worker sharing the socket is woken by a new
                 # connection, and one that took the whole queue at once took 99 of 100
                 # connections opened together (one at a time: about 35 and 65).
-                tls = {key: value for key, value in listen.items() if key.startswith("ssl")}
                 acceptor = Acceptor(loop, sock, protocol_factory, batch=1, **tls)
                 acceptor.start()
                 self._acceptors.append(acceptor)
@@ -311,99 +263,24 @@ class Server:
             else:
                 acceptor.resume()
 
-    async def _build_handler(self, loop: asyncio.AbstractEventLoop) -> tuple[RequestHandler, str]:
-        config = self.config
-        mounts: list[tuple[str, str | Callable[..., Any]]] = [
-            (prefix, target) for prefix, _, target in (e.partition("=") for e in config.mount)
-        ]
-        if config.app is not None:
-            mounts.append(("/", config.app))
-        routes: list[tuple[str, RequestHandler]] = []
-        described = []
-        for prefix, target in mounts:
-            loaded = load_app(target, config)
-            root_path = config.root_path + prefix.rstrip("/")
-            handler = await self._handler_for(loaded, root_path, loop)
-            if self._metrics.metered:
-                handler = tagged(handler, self._metrics.interface(loaded.interface))
-            routes.append((prefix.rstrip("/"), handler))
-            kind = "WSGI" if loaded.interface == "wsgi" else "ASGI"
-            described.append((prefix, f"{kind} app {loaded.source}"))
-        threads = f" ({config.threads} threads)" if self._pool is not None else ""
-        if not config.mount:
-            return routes[0][1], described[0][1] + threads
-        listing = ", ".join(f"{prefix} -> {what}" for prefix, what in described)
-        return MountRouter(routes), f"mounts {listing}{threads}"
+    # -- what the ticker does -------------------------------------------------------------
 
-    async def _handler_for(
-        self, loaded: LoadedApp, root_path: str, loop: asyncio.AbstractEventLoop
-    ) -> RequestHandler:
-        config = self.config
-        if loaded.interface == "wsgi":
-            if self._pool is None:
-                # Metrics on: a pool that also counts the requests that got a thread at once.
-                pool_class = CountingWorkerPool if self._metrics.metered else WorkerPool
-                self._pool = self._pool_for_stats = pool_class(config.threads)
-                if self.hooks.pause_when_busy:
-                    self._pool.on_full = self._on_pool_full
-            return WSGIHandler(
-                loaded.app,
-                self._pool,
-                loop,
-                root_path=root_path,
-                high_water=config.body_buffer_size,
-                worker_wait=config.timeout_worker,
-                multiprocess=self.hooks.multiprocess,
-            )
-        self._serves_asgi = True
-        lifespan = None
-        if config.lifespan != "off":
-            lifespan = Lifespan(loaded.app, config.lifespan, loaded.source)
-            self._lifespans.append(lifespan)
-            await lifespan.startup()
-        return ASGIHandler(loaded.app, root_path, lifespan)
-
-    def _check_websockets(self) -> None:
-        """WebSockets for ASGI apps need wsproto: required with --ws wsproto, said once if not."""
-        if self.config.ws == "none":
-            return
-        why = websockets_unavailable(self.config)
-        if why is None:
-            return
-        if self.config.ws == "wsproto":
-            raise ConfigError(f"--ws wsproto: {why}")
-        error_logger.info("%s; WebSocket requests get an HTTP 400 answer", why)
-
-    def _sweep_deadlines(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+    def _sweep_deadlines(self) -> None:
         state = self.state
         if state is None or (state.shutting_down and not state.connections):
             return
-        now = loop.time()
+        now = asyncio.get_running_loop().time()
         for connection in list(state.connections):
             connection.check_deadline(now)
         if self._metrics_state is not None:
             for connection in list(self._metrics_state.connections):
                 connection.check_deadline(now)
-        loop.call_later(interval, self._sweep_deadlines, loop, interval)
 
-    def _watch_pool(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._pool is None or self._pool_warning is None:
-            return
-        self._pool_warning.check(time.monotonic())
-        loop.call_later(1.0, self._watch_pool, loop)
-
-    def _beat(
-        self, loop: asyncio.AbstractEventLoop, heartbeat: Callable[[], None], interval: float
-    ) -> None:
-        heartbeat()
-        loop.call_later(interval, self._beat, loop, heartbeat, interval)
-
-    def _tick_date(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _tick_date(self) -> None:
         if self.state is not None and not self.state.shutting_down:
             self.state.update_date()
             if self._metrics_state is not None:
                 self._metrics_state.update_date()
-            loop.call_later(1.0, self._tick_date, loop)
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -439,32 +316,24 @@ class Server:
             self._lag.stop()
             self._lag = None
         # Last: the metrics listener answered (503 to health probes) throughout the drain.
-        if self._metrics_listener is not None:
-            self._metrics_listener.close()
-            self._metrics_listener = None
+        for metrics_listener in self._metrics_listeners:
+            metrics_listener.close()
+        self._metrics_listeners.clear()
         if self._metrics_state is not None:
             for connection in list(self._metrics_state.connections):
                 connection.force_close()
-        lifespans, self._lifespans = self._lifespans, []
-        for lifespan in lifespans:
-            await lifespan.shutdown(self.config.timeout_graceful_shutdown)
+        await self._wiring.stop_lifespans()
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
         for acceptor in self._acceptors:
             await acceptor.close()
         self._acceptors.clear()
-        if (
-            not self.sockets
-            and self.config.uds is not None
-            and os.path.exists(self.config.uds)
-            and _is_socket(self.config.uds)
-        ):
-            os.unlink(self.config.uds)
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            # Threads still inside an application are daemons; they do not hold the exit.
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, 1.0)
+        if self._bound is not None:
+            self._bound.close()  # and a unix socket's file with it
+        await self._wiring.stop_pool()
+        if self._ticker is not None:
+            self._ticker.stop()
 
     def reload_tls(self) -> bool:
         """Load the certificate files again (what SIGHUP does): True when the new ones serve
@@ -511,31 +380,57 @@ class Server:
         self.shutdown(force=True)
 
 
-def _counted(handler: RequestHandler, on_request: Callable[[RequestCycle], bool]) -> RequestHandler:
-    def counted(cycle: RequestCycle) -> None:
-        if on_request(cycle):
-            handler(cycle)
+@dataclass
+class _Job:
+    interval: float
+    run: Callable[[], None]
+    due: float
 
-    return counted
+
+class _Ticker:
+    """One timer on the loop for everything the server does periodically, each job at its own
+    interval: one `call_at` pending at a time, for the job due first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: list[_Job] = []
+        self._handle: asyncio.TimerHandle | None = None
+
+    def every(self, interval: float, run: Callable[[], None]) -> None:
+        """Run `run` now, then every `interval` seconds until `stop()`."""
+        run()
+        self._jobs.append(_Job(interval, run, self._loop.time() + interval))
+        self._schedule()
+
+    def stop(self) -> None:
+        self._jobs.clear()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _schedule(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        due = min((job.due for job in self._jobs), default=None)
+        self._handle = None if due is None else self._loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        try:
+            for job in list(self._jobs):
+                if job.due <= now + _TICK_SLACK:
+                    job.due = now + job.interval
+                    job.run()
+        finally:
+            if self._jobs:
+                self._schedule()
 
 
 def _sweep_interval(config: Config) -> float:
     """How often connection deadlines are checked: a timeout fires at most a quarter late."""
     shortest = min(config.timeout_keep_alive, config.timeout_request_head, config.timeout_read)
     return min(1.0, max(0.01, shortest / 4))
-
-
-def _is_socket(path: str) -> bool:
-    import stat
-
-    return stat.S_ISSOCK(os.stat(path).st_mode)
-
-
-def _format_address(address: Any, scheme: str) -> str:
-    if isinstance(address, tuple):
-        host = f"[{address[0]}]" if ":" in address[0] else address[0]
-        return f"{scheme}://{host}:{address[1]}"
-    return f"unix:{address}" + (" (TLS)" if scheme == "https" else "")
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -551,13 +446,3 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
-
-
-def run(app: str | Callable[..., Any], **options: Any) -> int:
-    """Serve `app` (a callable or "module:attr") with the given Config options until stopped.
-
-    With `workers` or `reload`, a supervisor runs the server in worker processes.
-    """
-    from dualgate.launch import serve_config
-
-    return serve_config(Config(app=app, **options))

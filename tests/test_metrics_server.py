@@ -415,7 +415,7 @@ def test_the_pool_warning_comes_at_most_once_per_interval(
 def test_with_metrics_off_nothing_metered_is_built(serve: ServeFactory, app: BlockingApp) -> None:
     server = serve(app, max_head_size=1024)
     assert server.metrics_addresses == []
-    assert type(server._pool) is WorkerPool
+    assert type(server._wiring.pool) is WorkerPool
     state = server.state
     assert state is not None
     assert type(state.handler) is WSGIHandler  # no tag, no health check in front of it

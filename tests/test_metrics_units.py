@@ -31,8 +31,9 @@ from dualgate.metrics.snapshot import (
     Stats,
     status_class,
 )
+from dualgate.procs.messages import BEAT, READY, read_snapshot, snapshot_message
 from dualgate.procs.supervisor import Supervisor, Worker
-from dualgate.procs.worker import BEAT, READY, read_snapshot, snapshot_message
+from dualgate.server import Server
 from dualgate.wsgi.pool import CountingWorkerPool, PoolWarning, WorkerPool
 
 PACKAGE = Path(dualgate.__file__).parent
@@ -307,7 +308,7 @@ def test_snapshots_are_framed_on_the_pipe_however_the_reads_split_them() -> None
     last = Stats(metered=True, connections_open=1)
     stream = BEAT + snapshot_message(stats) + READY + snapshot_message(last)
     assert read_snapshot(snapshot_message(stats)[:3]) == (None, 0)
-    supervisor = Supervisor(Config(app="x:y", workers=1))
+    supervisor = Supervisor(Config(app="x:y", workers=1), Server)
     try:
         for cut in range(len(stream) + 1):
             worker = Worker(pid=1, channel=-1, generation=0, started=0.0)

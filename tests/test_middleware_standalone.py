@@ -82,8 +82,8 @@ def test_server_and_run_still_import_from_the_package() -> None:
         import dualgate
         print("h11" in sys.modules)
         from dualgate import Server, run
-        import dualgate.server
-        print("h11" in sys.modules, Server is dualgate.server.Server, run is dualgate.server.run)
+        import dualgate.launch, dualgate.server
+        print("h11" in sys.modules, Server is dualgate.server.Server, run is dualgate.launch.run)
         print(sorted(set(dualgate.__all__) - set(dir(dualgate))))
         """
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dualgate.procs.supervisor import MAX_FAILED_STARTS, backoff
+from dualgate.procs.policy import MAX_FAILED_STARTS, backoff
 from tests.conftest import SOCKET_TIMEOUT, Reader
 from tests.processes import (
     Answer,

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import pytest
 
 from dualgate.http.checks import (
+    CHUNK_MOVES,
     ChunkedFraming,
+    ChunkState,
     Framing,
     Refusal,
     check_request,
@@ -452,3 +454,29 @@ def test_chunked_framing_counts_trailer_fields() -> None:
     # Data lines are not trailer fields, however many chunks there are.
     many_chunks = b"1\r\nx\r\n" * 50 + trailers(3)
     assert first_refusal([many_chunks], 3) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nName: value\r\nOther: v\r\n\r\n",
+        b"0\r\n\r\n",
+    ],
+)
+def test_every_move_the_chunked_framing_makes_is_in_its_table(body: bytes) -> None:
+    framing = ChunkedFraming(10)
+    seen: set[tuple[ChunkState, ChunkState]] = set()
+    for i in range(len(body)):  # byte by byte: no two moves hide in one feed
+        before = framing.state
+        assert framing.feed(body[i : i + 1]) is None
+        if framing.state is not before:
+            seen.add((before, framing.state))
+    assert framing.state is ChunkState.DONE
+    for before, after in seen:
+        assert after in CHUNK_MOVES[before], (before, after)
+
+
+def test_the_chunked_table_names_every_state_and_done_is_the_end() -> None:
+    assert set(CHUNK_MOVES) == set(ChunkState)
+    assert CHUNK_MOVES[ChunkState.DONE] == frozenset()

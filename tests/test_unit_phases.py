@@ -13,12 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from dualgate.http.flow import Deadline, FlowControl, resolve
-from dualgate.http.phases import MOVES, Phase
+from dualgate.http.phases import MOVES, ConnectionPhase
 
 # -- the phase table ----------------------------------------------------------------------------
 
 
-def reachable(start: Phase) -> set[Phase]:
+def reachable(start: ConnectionPhase) -> set[ConnectionPhase]:
     seen = {start}
     todo = [start]
     while todo:
@@ -30,38 +30,38 @@ def reachable(start: Phase) -> set[Phase]:
 
 
 def test_the_table_is_closed() -> None:
-    assert set(MOVES) == set(Phase)
+    assert set(MOVES) == set(ConnectionPhase)
     for source, targets in MOVES.items():
         assert targets, f"{source} goes nowhere"
-        assert all(isinstance(target, Phase) for target in targets), source
+        assert all(isinstance(target, ConnectionPhase) for target in targets), source
 
 
 def test_closed_goes_only_to_closed() -> None:
-    assert MOVES[Phase.CLOSED] == {Phase.CLOSED}
-    assert reachable(Phase.CLOSED) == {Phase.CLOSED}
+    assert MOVES[ConnectionPhase.CLOSED] == {ConnectionPhase.CLOSED}
+    assert reachable(ConnectionPhase.CLOSED) == {ConnectionPhase.CLOSED}
 
 
 def test_every_phase_can_close_and_none_is_dead() -> None:
-    for phase in Phase:
-        assert Phase.CLOSED in MOVES[phase], phase
+    for phase in ConnectionPhase:
+        assert ConnectionPhase.CLOSED in MOVES[phase], phase
     # Every phase can be reached from a new connection.
-    assert reachable(Phase.IDLE) == set(Phase)
+    assert reachable(ConnectionPhase.IDLE) == set(ConnectionPhase)
 
 
 def test_upgraded_only_from_responding_and_only_to_closed() -> None:
-    sources = {source for source, targets in MOVES.items() if Phase.UPGRADED in targets}
-    assert sources == {Phase.RESPONDING}
-    assert MOVES[Phase.UPGRADED] == {Phase.CLOSED}
+    sources = {source for source, targets in MOVES.items() if ConnectionPhase.UPGRADED in targets}
+    assert sources == {ConnectionPhase.RESPONDING}
+    assert MOVES[ConnectionPhase.UPGRADED] == {ConnectionPhase.CLOSED}
 
 
 def test_a_request_starts_only_from_idle_or_after_one() -> None:
-    sources = {source for source, targets in MOVES.items() if Phase.HEAD in targets}
-    assert sources == {Phase.IDLE, Phase.RESPONDING, Phase.DRAINING}
+    sources = {source for source, targets in MOVES.items() if ConnectionPhase.HEAD in targets}
+    assert sources == {ConnectionPhase.IDLE, ConnectionPhase.RESPONDING, ConnectionPhase.DRAINING}
     # A head never goes back to waiting: it is answered or the connection closes.
-    assert Phase.IDLE not in MOVES[Phase.HEAD]
+    assert ConnectionPhase.IDLE not in MOVES[ConnectionPhase.HEAD]
     # A body is only read for the request it belongs to, or drained after the response.
-    assert {s for s, t in MOVES.items() if Phase.BODY in t} == {Phase.HEAD}
-    assert {s for s, t in MOVES.items() if Phase.DRAINING in t} == {Phase.BODY}
+    assert {s for s, t in MOVES.items() if ConnectionPhase.BODY in t} == {ConnectionPhase.HEAD}
+    assert {s for s, t in MOVES.items() if ConnectionPhase.DRAINING in t} == {ConnectionPhase.BODY}
 
 
 # -- flow control ---------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ finishes the response (`start_next()`) either at once or later, while more bytes
 
 from __future__ import annotations
 
+import functools
 import itertools
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 import h11
@@ -20,7 +21,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dualgate.http.checks import Refusal
-from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, ReaderEvent, Request, RequestReader
+from dualgate.http.reader import (
+    CLOSED,
+    END,
+    NEED_DATA,
+    PAUSED,
+    READER_MOVES,
+    ReaderEvent,
+    ReaderState,
+    Request,
+    RequestReader,
+)
 
 MAX_HEAD = 65536
 MAX_FIELDS = 100
@@ -842,3 +853,57 @@ def test_damaged_requests_get_the_same_answer_however_they_arrive(data: st.DataO
     # Never an exception: whatever the bytes, the reader answers with events.
     whole = run([damaged], eof=eof)
     assert outline(run(cut(damaged, points), eof=eof)) == outline(whole)
+
+
+# Streams that take the reader through every state: a head without a body, a Content-Length
+# body past h11's buffer, a chunked body, a refusal, and EOF mid-body.
+_STATE_WALKS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nBroken\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", _STATE_WALKS)
+def test_every_move_the_reader_makes_is_in_its_table(data: bytes) -> None:
+    reader = new_reader()
+    seen: set[tuple[ReaderState, ReaderState]] = set()
+
+    def step(action: Callable[[], object]) -> object:
+        before = reader.state
+        result = action()
+        if reader.state is not before:
+            seen.add((before, reader.state))
+        return result
+
+    for i in range(len(data)):
+        step(functools.partial(reader.feed, data[i : i + 1]))
+        while True:
+            event = step(reader.next_event)
+            if reader.state is ReaderState.DONE:
+                step(reader.start_next)  # each response is done at once
+            if event is NEED_DATA or event is CLOSED or type(event) is Refusal:
+                break
+        if reader.state is ReaderState.FAILED:
+            break
+    step(reader.feed_eof)
+    step(reader.next_event)
+    assert seen, "the walk made no move"
+    for before, after in seen:
+        assert after in READER_MOVES[before], (before, after)
+
+
+def test_the_reader_table_names_every_state_and_every_state_can_fail() -> None:
+    assert set(READER_MOVES) == set(ReaderState)
+    for state in ReaderState:
+        assert ReaderState.FAILED in READER_MOVES[state], state
+    assert READER_MOVES[ReaderState.FAILED] == {ReaderState.FAILED}
+
+
+def test_a_move_outside_the_table_is_caught() -> None:
+    reader = new_reader()
+    # start_next() before the request is complete: HEAD -> HEAD is not a move.
+    with pytest.raises(AssertionError, match="HEAD"):
+        reader.start_next()

@@ -8,7 +8,7 @@ import pytest
 
 from dualgate.ws.handshake import (
     Handshake,
-    Refusal,
+    HandshakeRefusal,
     build_scope,
     check_handshake,
     is_websocket_request,
@@ -67,7 +67,7 @@ def test_a_valid_handshake() -> None:
 )
 def test_bad_handshakes_are_refused(headers: Headers, status: int) -> None:
     result = check_handshake(Request(headers), deflate=True)
-    assert isinstance(result, Refusal)
+    assert isinstance(result, HandshakeRefusal)
     assert result.status == status
     # RFC 6455 4.2.2: a version problem is answered with the version this server speaks.
     versions = [value for name, value in headers if name == b"sec-websocket-version"]
@@ -76,9 +76,9 @@ def test_bad_handshakes_are_refused(headers: Headers, status: int) -> None:
 
 
 def test_method_and_version_are_checked() -> None:
-    assert isinstance(check_handshake(Request(method=b"POST"), deflate=True), Refusal)
+    assert isinstance(check_handshake(Request(method=b"POST"), deflate=True), HandshakeRefusal)
     refused = check_handshake(Request(http_version=b"1.0"), deflate=True)
-    assert isinstance(refused, Refusal) and refused.status == 400
+    assert isinstance(refused, HandshakeRefusal) and refused.status == 400
 
 
 def test_lenient_where_the_rfcs_are() -> None:

@@ -14,15 +14,22 @@ import asyncio
 import copy
 import os
 from collections.abc import Callable
-from typing import Any, cast
-from urllib.parse import unquote
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote, unquote
 
 from asgiref.typing import ASGI3Application, HTTPScope
 
+from dualgate.errors import LifespanFailure
 from dualgate.http.cycle import RequestCycle
+from dualgate.http.grammar import asgi_headers
 from dualgate.http.paths import strip_root_path
 from dualgate.logs import error_logger
 from dualgate.ws.handshake import websockets_unavailable
+
+if TYPE_CHECKING:
+    from dualgate.config import Config
+    from dualgate.http.state import ServerState
+    from dualgate.metrics.counters import Metrics
 
 __all__ = ["ASGIHandler", "Lifespan", "LifespanFailure", "build_scope", "run_asgi"]
 
@@ -41,14 +48,22 @@ def asgi_client(cycle: RequestCycle) -> tuple[str, int] | None:
     return (host, 0 if port is None else port)  # a forwarded address may come without a port
 
 
-def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | None) -> HTTPScope:
+def build_scope(
+    cycle: RequestCycle,
+    root_path: str,
+    state: dict[str, Any] | None,
+    proxy_root: str | None = None,
+) -> HTTPScope:
+    """`proxy_root`: the part of `root_path` a proxy in front may strip (the server's root
+    path, without the --mount prefix); all of it when None."""
     request = cycle.request
     raw_path, _, query = request.target.partition(b"?")
     path = unquote(raw_path.decode("ascii", "surrogateescape"))
-    if strip_root_path(path, root_path) is None:
+    stripped = root_path if proxy_root is None else proxy_root
+    if strip_root_path(path, stripped) is None:
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
-        path = root_path + path
-        raw_path = root_path.encode("utf-8") + raw_path
+        path = stripped + path
+        raw_path = stripped.encode("utf-8") + raw_path
     client = asgi_client(cycle)
     extensions: dict[str, Any] = {"http.response.pathsend": {}}
     if cycle.tls is not None:
@@ -73,13 +88,14 @@ def build_scope(cycle: RequestCycle, root_path: str, state: dict[str, Any] | Non
     return cast(HTTPScope, scope)
 
 
-class _Exchange:
+class _ReceiveSend:
     """receive() and send() of one request, over its RequestCycle."""
 
-    __slots__ = ("_body_done", "_cycle", "_head", "_wake_receiver")
+    __slots__ = ("_body_done", "_cycle", "_head", "_loop", "_wake_receiver")
 
-    def __init__(self, cycle: RequestCycle) -> None:
+    def __init__(self, cycle: RequestCycle, loop: asyncio.AbstractEventLoop) -> None:
         self._cycle = cycle
+        self._loop = loop
         self._head: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self._body_done = False
         # Wakes a receive() waiting for the end: set on disconnect, or when send() completes.
@@ -91,7 +107,7 @@ class _Exchange:
         return self._head is not None or self._cycle.head_sent
 
     def _waiter(self) -> tuple[asyncio.Future[None], Callable[[], None]]:
-        future: asyncio.Future[None] = self._cycle.loop.create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
 
         def wake() -> None:
             if not future.done():
@@ -110,11 +126,13 @@ class _Exchange:
                 if cycle.disconnected and not cycle.body_complete:
                     break
                 return {"type": "http.request", "body": data, "more_body": more}
-            future, cycle.on_body_ready = self._waiter()
+            future, wake = self._waiter()
+            cycle.when_body_ready(wake)
             await future
         while not (cycle.disconnected or cycle.complete or cycle.client_closed):
             future, wake = self._waiter()
-            cycle.on_disconnect = self._wake_receiver = wake
+            cycle.when_disconnected(wake)
+            self._wake_receiver = wake
             await future
         return {"type": "http.disconnect"}
 
@@ -124,7 +142,7 @@ class _Exchange:
         if not cycle.head_sent and self._head is None:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
-            self._head = (_status(message), _headers(message.get("headers", ())))
+            self._head = (_status(message), asgi_headers(message.get("headers", ())))
             return
         if cycle.complete:
             if cycle.disconnected:
@@ -185,18 +203,9 @@ def _status(message: Message) -> int:
     return status
 
 
-def _headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    headers = []
-    for name, value in raw:
-        if not isinstance(name, bytes) or not isinstance(value, bytes):
-            raise TypeError(f"ASGI header names and values must be bytes: {(name, value)!r}")
-        headers.append((name, value))
-    return headers
-
-
 async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle) -> None:
     """Run one request through an ASGI application; errors become a 500 or a broken-off response."""
-    exchange = _Exchange(cycle)
+    exchange = _ReceiveSend(cycle, asyncio.get_running_loop())
     try:
         await app(scope, exchange.receive, exchange.send)  # type: ignore[arg-type]
     except ClientGone:
@@ -221,10 +230,24 @@ async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle)
 class ASGIHandler:
     """Serves each RequestCycle by running an ASGI application as a task on the loop."""
 
-    def __init__(self, app: ASGI3Application, root_path: str, lifespan: Lifespan | None) -> None:
+    def __init__(
+        self,
+        app: ASGI3Application,
+        root_path: str,
+        lifespan: Lifespan | None,
+        *,
+        config: Config,
+        metrics: Metrics | None = None,
+        proxy_root: str | None = None,
+    ) -> None:
+        """`metrics`: the server's, only while metrics are on (a WebSocket counts its answer).
+        `proxy_root`: the part of `root_path` a proxy may strip (build_scope)."""
         self.app = app
         self.root_path = root_path
         self.lifespan = lifespan
+        self.config = config
+        self.metrics = metrics
+        self.proxy_root = root_path if proxy_root is None else proxy_root
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __call__(self, cycle: RequestCycle) -> None:
@@ -234,39 +257,42 @@ class ASGIHandler:
         if cycle.request.upgrade == b"websocket" and cycle.request.method == b"GET":
             self._upgrade(cycle, state)
             return
-        scope = build_scope(cycle, self.root_path, state)
-        task = cycle.loop.create_task(run_asgi(self.app, scope, cycle))
+        scope = build_scope(cycle, self.root_path, state, self.proxy_root)
+        task = asyncio.get_running_loop().create_task(run_asgi(self.app, scope, cycle))
         # The loop keeps only weak references to tasks.
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _upgrade(self, cycle: RequestCycle, state: dict[str, Any] | None) -> None:
-        unavailable = websockets_unavailable(cycle.config)
+        unavailable = websockets_unavailable(self.config)
         if unavailable is not None:
             # The client meant to leave HTTP on this connection: it ends with the answer.
-            cycle.keep_alive = False
-            cycle.respond_error(400, unavailable + "\n")
+            cycle.respond_error(400, unavailable + "\n", close=True)
             return
         from dualgate.ws.protocol import WebSocketProtocol  # wsproto is an optional extra
 
-        cycle.upgrade(
-            WebSocketProtocol(
-                cycle.request,
+        request = cycle.request
+        stripped = self.proxy_root
+        if stripped != self.root_path:
+            # Under a --mount, the WebSocket scope puts back only the whole root path; a proxy
+            # may have stripped just the server's part of it: that part goes back here.
+            path = unquote(request.target.partition(b"?")[0].decode("ascii", "surrogateescape"))
+            if strip_root_path(path, stripped) is None:
+                request = request.with_target(quote(stripped, safe="/").encode() + request.target)
+
+        def takeover(server_state: ServerState) -> asyncio.BaseProtocol:
+            return WebSocketProtocol(
+                request,
+                state=server_state,
                 client=asgi_client(cycle),
                 server=cycle.server,
                 scheme="wss" if cycle.scheme == "https" else "ws",
                 app=self.app,
                 root_path=self.root_path,
-                state=state,
-                config=cycle.config,
-                connections=cycle.connections,
-                metrics=cycle.metrics,
+                lifespan_state=state,
             )
-        )
 
-
-class LifespanFailure(RuntimeError):
-    """Start-up (or, with --lifespan on, the lifespan protocol itself) failed."""
+        cycle.upgrade(takeover)
 
 
 class Lifespan:

@@ -70,7 +70,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Client = tuple[str, int | None]
 Server = tuple[str, int | None]
-Headers = Iterable[tuple[bytes, bytes]]
+# Header fields as (name, value) pairs, in any iterable: not grammar.Headers (edge stays pure).
+HeaderPairs = Iterable[tuple[bytes, bytes]]
 
 # Distinct addresses remembered by one ProxyTrust. Forwarded lists are client-controlled, so
 # the cache is bounded: past this many entries it starts over.
@@ -198,7 +199,7 @@ class ProxyTrust:
     def resolve(
         self,
         client: Client | None,
-        headers: Headers,
+        headers: HeaderPairs,
         scheme: str,
         server: Server | None,
     ) -> ForwardedView | None:
@@ -210,7 +211,7 @@ class ProxyTrust:
     def forwarded(
         self,
         client: Client | None,
-        headers: Headers,
+        headers: HeaderPairs,
         scheme: str,
         server: Server | None,
     ) -> ForwardedView | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from dualgate.config import ConfigError
+from dualgate.errors import ConfigError
 from dualgate.logs import error_logger
 
 if TYPE_CHECKING:

@@ -3,8 +3,8 @@
 Owns: the sans-IO request reader and its checks (`reader`, `checks`, `grammar`), the response
 head and body framing (`framing`), the connection's phases and flow control (`phases`,
 `flow`), the asyncio protocol (`connection`), one request and its response (`cycle`), what a
-connection knows of its peer (`peer`), what all connections of a server share (`state`), and
-the root-path rule (`paths`).
+connection knows of its peer (`peer`), what all connections of a server share (`state`), the
+root-path rule (`paths`), and the read buffer every protocol on a loop reads into (`buffer`).
 
 May import: the stdlib, h11, `dualgate.config`, `dualgate.logs`, `dualgate.errors`,
 `dualgate.edge.forwarded` (pure rules) and `dualgate.metrics` (plain figures). Never the

@@ -11,13 +11,16 @@ connections, so each rule is tested on its own (tests/test_unit_checks.py).
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import NamedTuple
 
 from dualgate.http.grammar import QUOTED_STRING, TOKEN_CHARS, Headers
 
 __all__ = [
+    "CHUNK_MOVES",
     "MAX_CHUNK_LINE",
+    "ChunkState",
     "ChunkedFraming",
     "Framing",
     "Refusal",
@@ -196,7 +199,47 @@ _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*" + _TOKEN
     + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + QUOTED_STRING + rb"))?)*)"
 )  # fmt: skip
-_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class ChunkState(enum.Enum):
+    """Where ChunkedFraming is in a chunked body.
+
+    Theory of operation. The framing is always in exactly one state; it moves only as
+    `CHUNK_MOVES` allows, at the end of a line, or (DATA) once the chunk's bytes are counted:
+
+        SIZE ──size > 0──> DATA ──size bytes──> DATA_END ──CRLF──> SIZE
+          │
+          └──size 0──> TRAILER ──field line──> TRAILER ──empty line──> DONE
+
+    - SIZE: a chunk-size line, extensions allowed (RFC 9112 section 7.1).
+    - DATA: chunk data, skipped by count: no Python step per byte.
+    - DATA_END: the CRLF that must follow the data.
+    - TRAILER: trailer field lines, held to the head's field and size limits.
+    - DONE: the body's framing is complete; bytes after it are the next request's.
+
+    A refusal is returned, not a state: the reader stops feeding the framing then. States are
+    compared by identity; every move is a plain assignment at a line's end, each written where
+    the state before is known, so the table is checked by tests/test_unit_checks.py rather than
+    on every line.
+    """
+
+    SIZE = "size"
+    DATA = "data"
+    DATA_END = "data end"
+    TRAILER = "trailer"
+    DONE = "done"
+
+
+_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = ChunkState
+
+# Where each state may go next.
+CHUNK_MOVES: dict[ChunkState, frozenset[ChunkState]] = {
+    _SIZE: frozenset({_DATA, _TRAILER}),
+    _DATA: frozenset({_DATA_END}),
+    _DATA_END: frozenset({_SIZE}),
+    _TRAILER: frozenset({_TRAILER, _DONE}),
+    _DONE: frozenset(),
+}
 # The longest chunk-size line or trailer line, line break excluded (RFC 9112 section 7.1.1: a
 # server ought to limit chunk extensions).
 MAX_CHUNK_LINE = 4096
@@ -223,11 +266,15 @@ class ChunkedFraming:
         # Bytes the trailer section (its empty last line included) may still take.
         self._trailer_left = max_trailer_size
 
+    @property
+    def state(self) -> ChunkState:
+        return self._state
+
     def feed(self, data: bytes | bytearray) -> Refusal | None:
         """Check the next raw bytes; a reason to refuse the request, or None."""
         position, size = 0, len(data)
-        while position < size and self._state != _DONE:
-            if self._state == _DATA:
+        while position < size and self._state is not _DONE:
+            if self._state is _DATA:
                 taken = min(self._left, size - position)
                 position += taken
                 self._left -= taken
@@ -237,7 +284,7 @@ class ChunkedFraming:
             end = data.find(b"\n", position)
             if end < 0:
                 self._line += data[position:]
-                if self._state == _TRAILER and len(self._line) > self._trailer_left:
+                if self._state is _TRAILER and len(self._line) > self._trailer_left:
                     return Refusal(431, "Trailer section too large", "too_large")
                 if len(self._line) > MAX_CHUNK_LINE:
                     return Refusal(400, "Chunked framing line too long", "smuggling")
@@ -246,7 +293,7 @@ class ChunkedFraming:
             position = end + 1
             # The limits a partial line is held to above, in the same order, so a line is
             # refused or not whatever TCP segments it arrived in.
-            if self._state == _TRAILER:
+            if self._state is _TRAILER:
                 self._trailer_left -= len(self._line)
                 if self._trailer_left < 0:
                     return Refusal(431, "Trailer section too large", "too_large")
@@ -262,13 +309,13 @@ class ChunkedFraming:
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
             return Refusal(400, "Bare CR or LF in chunked framing", "smuggling")
         content = line[:-2]
-        if self._state == _SIZE:
+        if self._state is _SIZE:
             match = _CHUNK_LINE.fullmatch(content)
             if match is None:
                 return Refusal(400, "Invalid chunk size line", "smuggling")
             self._left = int(match.group(1), 16)
             self._state = _DATA if self._left else _TRAILER
-        elif self._state == _DATA_END:
+        elif self._state is _DATA_END:
             if content:
                 return Refusal(400, "Chunk data not followed by CRLF", "smuggling")
             self._state = _SIZE

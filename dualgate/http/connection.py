@@ -19,22 +19,23 @@ which the server builds only while metrics are on.
 from __future__ import annotations
 
 import asyncio
-import threading
+from collections.abc import Callable
 from typing import Any, cast
 
+from dualgate.http.buffer import read_buffer
 from dualgate.http.checks import Refusal
-from dualgate.http.cycle import RequestCycle
+from dualgate.http.cycle import RequestCycle, Takeover, View
 from dualgate.http.flow import Deadline, FlowControl
 from dualgate.http.framing import refusal_response
 from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
-from dualgate.http.phases import MOVES, Phase
+from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 from dualgate.http.state import ServerState
 from dualgate.logs import error_logger, log_access
 
 __all__ = ["HTTPProtocol"]
 
-_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
+_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = ConnectionPhase
 
 # On a graceful stop, a connection accepted this recently that has not had a request yet gets
 # until then to send one, which is served: unlike an idle keep-alive connection, its client has
@@ -43,11 +44,6 @@ _FIRST_REQUEST_GRACE = 1.0
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
-# Reads go into one buffer per loop thread (get_buffer): asyncio gives a plain Protocol a fresh
-# 256 KiB object per read, shrunk to what arrived, and that churn fragments glibc's heap (the
-# soak saw RSS grow 18 MiB a minute under the asyncio loop; tests/test_http_reads.py).
-_READ_SIZE = 256 * 1024
-_reads = threading.local()
 
 
 class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
@@ -68,12 +64,9 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.cycle: RequestCycle | None = None
         self.transport: asyncio.Transport
         self.flow: FlowControl
-        self.client: tuple[str, int] | None = None
-        self.server: tuple[str, int | None] | None = None
-        self.scheme = "http"
         # Decided in connection_made, once per connection (see the module docstring).
+        self.view = View(None, None, "http", None)
         self.believed = False
-        self.tls_extension: dict[str, Any] | None = None
         self.can_sendfile = False
         self._over_limit = False
         self._served = False  # a request has reached the handler on this connection
@@ -81,7 +74,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._drained = 0
         self._in_events = False
 
-    def _move(self, phase: Phase) -> None:
+    def _move(self, phase: ConnectionPhase) -> None:
         assert phase in MOVES[self.phase], f"{self.phase} -> {phase}"
         self.phase = phase
 
@@ -93,9 +86,9 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         config = self.state.config
         self.flow = FlowControl(transport, self.loop, config.timeout_write, self._write_timed_out)
         state = self.state
-        facts = describe(transport, state, self.loop, self._given_client)
-        self.client, self.server, self.scheme, self.believed, self.tls_extension = facts[:5]
-        self.can_sendfile = facts.can_sendfile
+        self.view, self.believed, self.can_sendfile = describe(
+            transport, state, self.loop, self._given_client
+        )
         # Over the limit, the connection is still read far enough to answer 503, so the client
         # learns why instead of seeing a reset.
         self._over_limit = len(self.state.connections) >= config.limit_concurrency
@@ -113,14 +106,11 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self.cycle.lose()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        view: memoryview | None = getattr(_reads, "view", None)
-        if view is None:
-            view = _reads.view = memoryview(bytearray(_READ_SIZE))
-        return view
+        return read_buffer()  # one per loop thread, reused (buffer.py)
 
     def buffer_updated(self, nbytes: int) -> None:
         # Copied out: the reader keeps what it is fed, and the buffer is read into again.
-        self.data_received(bytes(_reads.view[:nbytes]))
+        self.data_received(bytes(read_buffer()[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
@@ -139,7 +129,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         # after an EOF whatever is returned here (asyncio warns when asked to keep it open).
         self.reader.feed_eof()
         self._read_events()
-        return self.scheme == "http"
+        return self.view.scheme == "http"
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -181,9 +171,13 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self._in_events = False
 
     def _on_request(self, request: Request) -> None:
-        self.cycle = cycle = RequestCycle(self, request)
+        state = self.state
+        view = self.view
         if self.believed:
-            forward(cycle, self.state.trust)
+            view, request = forward(view, request, state.trust)
+        self.cycle = cycle = RequestCycle(
+            self, request, view, state.default_headers, state.default_head
+        )
         if self._over_limit or (self.state.shutting_down and self._served):
             if self._over_limit:
                 self.state.metrics.connections_refused += 1
@@ -234,9 +228,40 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     # -- the cycle's port ---------------------------------------------------------------
 
+    @property
+    def closing(self) -> bool:
+        return self.state.shutting_down
+
+    @property
+    def writing_paused(self) -> bool:
+        return self.flow.writing_paused
+
     def write(self, data: bytes) -> None:
         if self.phase is not _CLOSED:
             self.transport.write(data)
+
+    def when_writable(self, callback: Callable[[], None]) -> None:
+        self.flow.when_writable(callback)
+
+    async def drained(self) -> None:
+        await self.flow.drained()
+
+    async def sendfile(self, file: Any, offset: int, count: int) -> None:
+        if self.can_sendfile:
+            sent = await self.loop.sendfile(self.transport, file, offset, count)
+            # The OS wrote these bytes, not self.write: counted here, one step per file.
+            self.state.metrics.sendfile_bytes += sent
+            return
+        # Under TLS (sendfile cannot encrypt) and on loops without sendfile (uvloop): read and
+        # write in blocks, waiting for drain.
+        file.seek(offset)
+        while count > 0 and self.phase is not _CLOSED:
+            block = file.read(min(count, 262144))
+            if not block:
+                break
+            count -= len(block)
+            self.write(block)
+            await self.flow.drained()
 
     def body_taken(self) -> None:
         if self.phase is _BODY and self.flow.reading_paused:
@@ -267,12 +292,13 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             _log_access(cycle)
         self.close()
 
-    def upgrade(self, cycle: RequestCycle, protocol: asyncio.BaseProtocol) -> None:
+    def upgrade(self, cycle: RequestCycle, takeover: Takeover) -> None:
         if self.phase is _CLOSED:
             return
         self._move(_UPGRADED)
         self.flow.disarm()
         self.state.connections.discard(self)
+        protocol = takeover(self.state)
         reader = self.reader
         leftover = reader.take_leftover()
         transport = self.transport
@@ -329,7 +355,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             if self.state.access_log:
                 _log_access(cycle)
         elif self.state.access_log:
-            log_access(self.client, b"-", b"-", b"-", status, 0, None, ())
+            log_access(self.view.client, b"-", b"-", b"-", status, 0, None, ())
         self.close()
 
     def check_deadline(self, now: float) -> None:
@@ -339,16 +365,16 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             return
         self.state.metrics.timed_out(kind.value)
         if kind is Deadline.HEAD:
-            error_logger.debug("%s: request head not received in time", self.client)
+            error_logger.debug("%s: request head not received in time", self.view.client)
             self._refuse(Refusal(408, "Request head not received in time", "timeout"))
             return
-        error_logger.debug("%s: closing, %s deadline passed", self.client, kind.value)
+        error_logger.debug("%s: closing, %s deadline passed", self.view.client, kind.value)
         self.close()
 
     def _write_timed_out(self) -> None:
         if self.phase is not _CLOSED:
             self.state.metrics.timed_out(Deadline.WRITE.value)
-            error_logger.debug("%s: closing, the client took no bytes in time", self.client)
+            error_logger.debug("%s: closing, the client took no bytes in time", self.view.client)
             self.force_close()
 
     def shutdown(self) -> None:

@@ -2,20 +2,26 @@
 
 Rules of this file:
 - Everything here runs on the event loop thread; worker threads reach a cycle only by posting
-  to the loop (workers.py).
+  to the loop (wsgi/threads.py).
 - The request facts (`request`: method, target, headers, version, framing) are read-only once
   the reader has checked them. The request body arrives through `feed_body`/`feed_end`/`lose`,
-  called by the connection (protocol.py) alone; an interface takes it with `take_body`.
+  called by the connection (connection.py) alone; an interface takes it with `take_body`.
 - The cycle owns all response state: the head, its framing, the bytes still owed to a
   Content-Length, completion. It writes through its connection's narrow `Port` and tells the
   connection once, through `response_done` or `response_failed`, that the response is over.
 - `interface` (the figures of the interface that handles the request) is written only while
   metrics are on, by the handler's tag (metered.py), so a request costs nothing for it
   otherwise; it stays unset then.
-- `client`, `scheme` and `server` are what the application sees: the connection's, or what a
-  trusted proxy forwarded (set once by the connection before the handler runs). Every
-  interface (WSGI, ASGI, a WebSocket after an upgrade) reads them here and nowhere else. The
-  client's port is None when a proxy forwarded an address without one.
+- `client`, `scheme`, `server` and `tls` are what the application sees: the connection's, or
+  what a trusted proxy forwarded (peer.py decides, before the cycle is built: a `View`). They
+  and `request` are inputs, never rewritten; a router or an interface that needs another view
+  of the request derives it and passes it on. Every interface (WSGI, ASGI, a WebSocket after
+  an upgrade) reads them here and nowhere else. The client's port is None when a proxy
+  forwarded an address without one.
+- The cycle knows its connection only as a `Port`: bytes out, waiting for drain, a file out,
+  body taken, and the three ways a response ends. Settings (the default headers) come in as
+  values when the cycle is built; it never sees the server's state, the flow control, the
+  transport or the loop.
 """
 
 from __future__ import annotations
@@ -24,40 +30,56 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from dualgate.http.flow import FlowControl
 from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
 from dualgate.http.grammar import REASONS, Headers
 from dualgate.http.reader import Request
 from dualgate.logs import error_logger
 
 if TYPE_CHECKING:
-    from dualgate.config import Config
-    from dualgate.http.state import Connection, ServerState
-    from dualgate.metrics.counters import InterfaceFigures, Metrics
+    from dualgate.http.state import ServerState
+    from dualgate.metrics.counters import InterfaceFigures
 
-__all__ = ["Port", "RequestCycle", "loop_can_sendfile"]
+__all__ = ["Port", "RequestCycle", "Takeover", "View", "loop_can_sendfile"]
+
+# What builds the protocol that takes a connection over (`RequestCycle.upgrade`), given what the
+# server's connections share: it joins the live connections (so that a graceful stop waits for
+# it too), writes the same Date and Server headers, and counts and logs what it answers.
+Takeover = Callable[["ServerState"], asyncio.BaseProtocol]
+
+
+class View(NamedTuple):
+    """Who asked, and how, as the application must see it: the connection's own facts, or what
+    a trusted proxy forwarded (peer.py)."""
+
+    client: tuple[str, int | None] | None
+    server: tuple[str, int | None] | None
+    scheme: str
+    tls: dict[str, Any] | None  # the ASGI TLS extension, when a client cert was asked for
 
 
 class Port(Protocol):
-    """What a cycle needs of its connection (protocol.py implements it)."""
+    """What a cycle needs of its connection (connection.py implements it), and nothing more."""
 
-    state: ServerState
-    flow: FlowControl
-    loop: asyncio.AbstractEventLoop
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    scheme: str
-    tls_extension: dict[str, Any] | None
-    can_sendfile: bool  # the loop has sendfile and the connection is not TLS
-    transport: asyncio.Transport
+    # The loop has sendfile and the connection is not TLS: `sendfile` uses the OS's.
+    can_sendfile: bool
+
+    @property
+    def closing(self) -> bool:
+        """The server is stopping: the response being written is the connection's last."""
+
+    @property
+    def writing_paused(self) -> bool: ...
 
     def write(self, data: bytes) -> None: ...
+    def when_writable(self, callback: Callable[[], None]) -> None: ...
+    async def drained(self) -> None: ...
+    async def sendfile(self, file: Any, offset: int, count: int) -> None: ...
     def body_taken(self) -> None: ...
     def response_done(self, cycle: RequestCycle) -> None: ...
     def response_failed(self, cycle: RequestCycle) -> None: ...
-    def upgrade(self, cycle: RequestCycle, protocol: asyncio.BaseProtocol) -> None: ...
+    def upgrade(self, cycle: RequestCycle, takeover: Takeover) -> None: ...
 
 
 class RequestCycle:
@@ -65,7 +87,11 @@ class RequestCycle:
         "_body",
         "_body_buffered",
         "_continue_sent",
+        "_extra",
+        "_extra_head",
         "_framing",
+        "_on_body_ready",
+        "_on_disconnect",
         "_port",
         "_remaining",
         "body_complete",
@@ -77,8 +103,6 @@ class RequestCycle:
         "head_sent",
         "interface",
         "keep_alive",
-        "on_body_ready",
-        "on_disconnect",
         "request",
         "response_headers",
         "scheme",
@@ -92,22 +116,24 @@ class RequestCycle:
     # Set by metered.tagged only (see the rules above), never in __init__.
     interface: InterfaceFigures
 
-    def __init__(self, port: Port, request: Request) -> None:
+    def __init__(
+        self, port: Port, request: Request, view: View, extra: Headers, extra_head: bytes
+    ) -> None:
         self._port = port
         self.request = request
-        self.client: tuple[str, int | None] | None = port.client
-        self.server = port.server
-        self.scheme = port.scheme
-        self.tls = port.tls_extension  # the ASGI TLS extension, when a client cert was asked for
+        self.client, self.server, self.scheme, self.tls = view
+        # The server's default headers (Date, Server) as they were when the request came.
+        self._extra = extra
+        self._extra_head = extra_head
         self.started_at = time.monotonic()
         self._body: deque[bytes] = deque()
         self._body_buffered = 0
         self._continue_sent = False
         self.body_received = 0
         self.body_complete = not request.has_body
-        # One-shot callbacks: a consumer sets them and they are cleared before they run.
-        self.on_body_ready: Callable[[], None] | None = None
-        self.on_disconnect: Callable[[], None] | None = None
+        # One-shot callbacks (when_body_ready, when_disconnected), cleared before they run.
+        self._on_body_ready: Callable[[], None] | None = None
+        self._on_disconnect: Callable[[], None] | None = None
         self.disconnected = False
         # The client has sent all it will (EOF after the request); it may still be reading.
         self.client_closed = False
@@ -121,26 +147,6 @@ class RequestCycle:
         self.keep_alive = request.keep_alive
         self._framing = EMPTY
         self._remaining = 0
-
-    @property
-    def config(self) -> Config:
-        return self._port.state.config
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        return self._port.loop
-
-    @property
-    def metrics(self) -> Metrics | None:
-        """The server's Metrics while metrics are on (for a protocol taking over by `upgrade`
-        to count what it answers), else None."""
-        metrics = self._port.state.metrics
-        return metrics if metrics.metered else None
-
-    @property
-    def connections(self) -> set[Connection]:
-        """The server's live connections, which a protocol taking over by `upgrade` joins."""
-        return self._port.state.connections
 
     @property
     def can_sendfile(self) -> bool:
@@ -171,16 +177,25 @@ class RequestCycle:
             self._notify_body()
             self._notify_disconnect()
 
+    def when_body_ready(self, callback: Callable[[], None] | None) -> None:
+        """Run `callback` once, at the next body bytes, the body's end or a disconnect (None:
+        no longer)."""
+        self._on_body_ready = callback
+
+    def when_disconnected(self, callback: Callable[[], None] | None) -> None:
+        """Run `callback` once, when the client sends EOF or the connection is gone."""
+        self._on_disconnect = callback
+
     def _notify_body(self) -> None:
-        callback = self.on_body_ready
+        callback = self._on_body_ready
         if callback is not None:
-            self.on_body_ready = None
+            self._on_body_ready = None
             callback()
 
     def _notify_disconnect(self) -> None:
-        callback = self.on_disconnect
+        callback = self._on_disconnect
         if callback is not None:
-            self.on_disconnect = None
+            self._on_disconnect = None
             callback()
 
     # -- request body, the interface's side ---------------------------------------------
@@ -214,16 +229,15 @@ class RequestCycle:
 
     @property
     def writing_paused(self) -> bool:
-        return self._port.flow.writing_paused
+        return self._port.writing_paused
 
     def when_writable(self, callback: Callable[[], None]) -> None:
         """Run `callback` once the transport can take more bytes (at once if it can now)."""
-        self._port.flow.when_writable(callback)
+        self._port.when_writable(callback)
 
     def _head(
         self, status: int, headers: Headers, reason: bytes, whole: int | None
     ) -> bytes | None:
-        state = self._port.state
         request = self.request
         try:
             head = build_head(
@@ -232,10 +246,10 @@ class RequestCycle:
                 headers,
                 head_request=request.method == b"HEAD",
                 http11=request.http_version == b"1.1",
-                keep_alive=self.keep_alive and not state.shutting_down,
+                keep_alive=self.keep_alive and not self._port.closing,
                 whole_body=whole,
-                extra=state.default_headers,
-                extra_head=state.default_head,
+                extra=self._extra,
+                extra_head=self._extra_head,
             )
         except ValueError as exc:
             # Not valid HTTP (a bad Content-Length, a control character): the client gets a
@@ -303,28 +317,10 @@ class RequestCycle:
             self._remaining -= count
         if framing == CHUNKED:
             self._port.write(b"%x\r\n" % count)
-        await self._send_file(file, offset, count)
+        await self._port.sendfile(file, offset, count)
         if framing == CHUNKED:
             self._port.write(b"\r\n")
         self.sent_bytes += count
-
-    async def _send_file(self, file: Any, offset: int, count: int) -> None:
-        port = self._port
-        if port.can_sendfile:
-            sent = await port.loop.sendfile(port.transport, file, offset, count)
-            # The OS wrote these bytes, not port.write: counted here, one step per file.
-            port.state.metrics.sendfile_bytes += sent
-            return
-        # Under TLS (sendfile cannot encrypt) and on loops without sendfile (uvloop): read and
-        # write in blocks, waiting for drain.
-        file.seek(offset)
-        while count > 0 and not self.disconnected:
-            block = file.read(min(count, 262144))
-            if not block:
-                break
-            count -= len(block)
-            port.write(block)
-            await port.flow.drained()
 
     def finish(self) -> None:
         """The response is complete; the connection moves on to its next request or closes."""
@@ -350,8 +346,14 @@ class RequestCycle:
             self.complete = True
             self._port.response_failed(self)
 
-    def respond_error(self, status: int, message: str, extra: Headers | None = None) -> None:
-        """A short plain-text error response, if the head has not gone out yet; else abort."""
+    def respond_error(
+        self, status: int, message: str, extra: Headers | None = None, *, close: bool = False
+    ) -> None:
+        """A short plain-text error response, if the head has not gone out yet; else abort.
+
+        `close`: the connection ends with this answer, whatever the request asked for."""
+        if close:
+            self.keep_alive = False
         if self.head_sent:
             self.abort()
             return
@@ -360,15 +362,16 @@ class RequestCycle:
 
     # -- protocol upgrade ---------------------------------------------------------------
 
-    def upgrade(self, protocol: asyncio.BaseProtocol) -> None:
-        """Hand the connection to `protocol` (after the request head: a WebSocket, h2c).
+    def upgrade(self, takeover: Takeover) -> None:
+        """Hand the connection to the protocol `takeover` builds (after the request head: a
+        WebSocket, h2c).
 
-        The connection writes nothing: `protocol` answers the upgrade request itself. It gets
+        The connection writes nothing: the protocol answers the upgrade request itself. It gets
         `connection_made(transport)`, then `data_received` with any bytes already read past
         the request head, and it owns the transport from then on.
         """
         self.complete = True
-        self._port.upgrade(self, protocol)
+        self._port.upgrade(self, takeover)
 
 
 def loop_can_sendfile(loop: asyncio.AbstractEventLoop) -> bool:

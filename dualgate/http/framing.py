@@ -140,10 +140,17 @@ def refusal_response(
     retry_after: bool,
     extra: Headers,
     extra_head: bytes,
+    more_headers: Headers | None = None,
 ) -> bytes:
-    """A whole plain-text answer from the server itself, announcing that it closes."""
-    body = message.encode("utf-8", "replace") + b"\n"
+    """A whole plain-text answer from the server itself, announcing that it closes.
+
+    An empty `message` makes an empty body (a WebSocket closed before its accept is a bare 403);
+    `more_headers` are the refusal's own (a WebSocket's Sec-WebSocket-Version).
+    """
+    body = message.encode("utf-8", "replace") + b"\n" if message else b""
     headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if more_headers:
+        headers += more_headers
     if retry_after:
         headers.append((b"retry-after", b"1"))
     head = build_head(

@@ -3,12 +3,14 @@
 RFC 9110 section 5.6.2 (token) and section 5.5 (field values: no control characters but HTAB),
 plus the standard reason phrases. Request checks (checks.py), chunk lines (checks.py), response
 heads (framing.py) and the WSGI bridge (wsgi.py) all take their patterns from here, so a
-fix to the grammar is made once.
+fix to the grammar is made once. So do the ASGI interfaces, HTTP (asgi/handler.py) and
+WebSocket (ws/session.py), for the header lists an application sends (`asgi_headers`).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from http import HTTPStatus
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "TOKEN_CHARS",
     "TOKEN_TEXT",
     "Headers",
+    "asgi_headers",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -36,3 +39,17 @@ BAD_VALUE_TEXT = re.compile(BAD_VALUE.pattern.decode("ascii"))
 REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 # RFC 9110 renamed these; Python 3.11's http module still has the RFC 7231 phrases.
 REASONS.update({413: b"Content Too Large", 414: b"URI Too Long", 422: b"Unprocessable Content"})
+
+
+def asgi_headers(raw: Iterable[tuple[object, object]]) -> Headers:
+    """An ASGI application's header list, as a list; the names and values must be bytes.
+
+    Only the type is checked here: the names and values themselves are checked where they are
+    written (framing.py, or wsproto for a WebSocket's).
+    """
+    headers: Headers = []
+    for name, value in raw:
+        if not isinstance(name, bytes) or not isinstance(value, bytes):
+            raise TypeError(f"ASGI header names and values must be bytes: {(name, value)!r}")
+        headers.append((name, value))
+    return headers

@@ -4,8 +4,9 @@ The edge is decided once per connection, by `describe` from `HTTPProtocol.connec
 the client (the peer, or the address a PROXY header carried: edge.py passes it in), the scheme
 (https under TLS), whether forwarding headers are believed at all (`believed`), the ASGI TLS
 extension, and whether files may go out by sendfile (never under TLS: it cannot encrypt). Per
-request, only a believed connection reads the forwarding headers (`forward`); the result goes
-on the cycle, where every interface reads client, scheme and server.
+request, only a believed connection reads the forwarding headers (`forward`): the result is
+the view and the request the cycle is built with, where every interface reads client, scheme
+and server. Nothing rewrites a cycle once it is built.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import socket
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from dualgate.edge.forwarded import ProxyTrust
-from dualgate.http.cycle import RequestCycle, loop_can_sendfile
+from dualgate.http.cycle import View, loop_can_sendfile
+from dualgate.http.reader import Request
 from dualgate.http.state import ServerState
 
 __all__ = ["FROM_PEER", "ConnectionFacts", "GivenClient", "describe", "forward"]
@@ -34,11 +36,8 @@ GivenClient = tuple[str, int] | Literal[_Peer.FROM_PEER] | None
 
 
 class ConnectionFacts(NamedTuple):
-    client: tuple[str, int] | None
-    server: tuple[str, int | None] | None
-    scheme: str
+    view: View  # what every request on this connection sees, unless a proxy forwards another
     believed: bool  # forwarding headers from this connection are read at all
-    tls_extension: dict[str, Any] | None
     can_sendfile: bool
 
 
@@ -67,26 +66,26 @@ def describe(
         believed = state.trust.believes_headers_from(None)
     tls = state.tls
     if tls is None:
-        return ConnectionFacts(client, server, "http", believed, None, loop_can_sendfile(loop))
+        view = View(client, server, "http", None)
+        return ConnectionFacts(view, believed, loop_can_sendfile(loop))
     extension = None
     if state.tls_extension:
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             extension = tls.scope_extension(ssl_object)
-    return ConnectionFacts(client, server, "https", believed, extension, False)
+    return ConnectionFacts(View(client, server, "https", extension), believed, False)
 
 
-def forward(cycle: RequestCycle, trust: ProxyTrust) -> None:
-    """What a trusted proxy's forwarding headers say about this request, on the cycle."""
-    request = cycle.request
-    view = trust.forwarded(cycle.client, request.headers, cycle.scheme, cycle.server)
-    if view is None:
-        return
-    cycle.client = view.client
-    cycle.scheme = view.scheme
-    cycle.server = view.server
-    if view.host is not None:
-        cycle.request = request.with_host(view.host)
+def forward(view: View, request: Request, trust: ProxyTrust) -> tuple[View, Request]:
+    """The view and the request as a trusted proxy's forwarding headers say they are (the
+    connection's own when it says nothing)."""
+    forwarded = trust.forwarded(view.client, request.headers, view.scheme, view.server)
+    if forwarded is None:
+        return view, request
+    view = View(forwarded.client, forwarded.server, forwarded.scheme, view.tls)
+    if forwarded.host is not None:
+        request = request.with_host(forwarded.host)
+    return view, request
 
 
 def _on_unix_socket(transport: asyncio.BaseTransport) -> bool:

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["MOVES", "Phase"]
+__all__ = ["MOVES", "ConnectionPhase"]
 
 
-class Phase(enum.Enum):
+class ConnectionPhase(enum.Enum):
     IDLE = "idle"
     HEAD = "head"
     BODY = "body"
@@ -44,10 +44,10 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = Phase
+_IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = ConnectionPhase
 
 # Where each phase may go next; HTTPProtocol._move checks every move against it.
-MOVES: dict[Phase, set[Phase]] = {
+MOVES: dict[ConnectionPhase, set[ConnectionPhase]] = {
     _IDLE: {_HEAD, _CLOSED},
     _HEAD: {_BODY, _RESPONDING, _CLOSED},
     _BODY: {_RESPONDING, _DRAINING, _CLOSED},

@@ -21,6 +21,8 @@ with bytes waiting behind it), or `CLOSED` (the client sent EOF; mid-body, it we
 
 from __future__ import annotations
 
+import enum
+
 import h11
 
 from dualgate.http.checks import (
@@ -35,7 +37,17 @@ from dualgate.http.checks import (
 )
 from dualgate.http.grammar import Headers
 
-__all__ = ["CLOSED", "END", "NEED_DATA", "PAUSED", "ReaderEvent", "Request", "RequestReader"]
+__all__ = [
+    "CLOSED",
+    "END",
+    "NEED_DATA",
+    "PAUSED",
+    "READER_MOVES",
+    "ReaderEvent",
+    "ReaderState",
+    "Request",
+    "RequestReader",
+]
 
 
 class _Signal:
@@ -116,12 +128,49 @@ class Request:
 
 ReaderEvent = Request | bytes | Refusal | _Signal
 
-# The reader's own phases.
-_HEAD = 0  # parsing a head through h11
-_BODY = 1  # body events from h11 (chunked, or what h11 buffered of a Content-Length body)
-_DIRECT = 2  # the rest of a Content-Length body, sliced from the raw bytes
-_DONE = 3  # the request is complete; bytes behind it wait for start_next()
-_FAILED = 4  # refused; nothing more is read
+
+class ReaderState(enum.Enum):
+    """Where the reader is in the request it reads.
+
+    Theory of operation. The reader is always in exactly one state; it moves only as
+    `READER_MOVES` allows:
+
+        HEAD ──head, chunked or with a Content-Length──> BODY ──h11 buffer spent──> DIRECT
+          │                                                │                          │
+          └──head without a body──> DONE <──chunked end────┘     <──length reached────┘
+                                     │
+          HEAD <──start_next()───────┘              any state ──refusal, take_leftover──> FAILED
+
+    - HEAD: bytes go to h11 and to the raw window the head checks read; `next_event` parses.
+    - BODY: body events come from h11: a chunked body (ChunkedFraming checks its framing on
+      the raw bytes as they arrive), or what h11 had buffered of a Content-Length body.
+    - DIRECT: the rest of a Content-Length body, sliced from the raw bytes past h11.
+    - DONE: the request is complete; bytes behind it are only kept until `start_next()`.
+    - FAILED: refused, or handed to another protocol (`take_leftover`); nothing more is read.
+
+    The states are compared by identity (`is`), as cheap as an int compare. The moves made
+    where the state before is known by construction (in `_on_head`, the state is HEAD) are
+    plain assignments on the per-request path; the others go through `_move`, which checks
+    the table (an assert: free under -O). tests/test_unit_reader.py checks both against it.
+    """
+
+    HEAD = "head"
+    BODY = "body"
+    DIRECT = "direct"
+    DONE = "done"
+    FAILED = "failed"
+
+
+_HEAD, _BODY, _DIRECT, _DONE, _FAILED = ReaderState
+
+# Where each state may go next.
+READER_MOVES: dict[ReaderState, frozenset[ReaderState]] = {
+    _HEAD: frozenset({_BODY, _DONE, _FAILED}),
+    _BODY: frozenset({_DIRECT, _DONE, _FAILED}),
+    _DIRECT: frozenset({_DONE, _FAILED}),
+    _DONE: frozenset({_HEAD, _FAILED}),
+    _FAILED: frozenset({_FAILED}),
+}
 
 
 class RequestReader:
@@ -170,7 +219,7 @@ class RequestReader:
     @property
     def head_started(self) -> bool:
         """Bytes of a request head have arrived (the head deadline applies, not keep-alive)."""
-        return self._state == _HEAD and bool(self._window)
+        return self._state is _HEAD and bool(self._window)
 
     # -- input --------------------------------------------------------------------------
 
@@ -178,7 +227,7 @@ class RequestReader:
         if not data:
             return  # h11 takes empty bytes for EOF; only feed_eof() means that
         state = self._state
-        if state == _HEAD:
+        if state is _HEAD:
             window = self._window
             if not window:
                 if data[:1] in (b"\r", b"\n"):
@@ -193,38 +242,47 @@ class RequestReader:
             else:
                 self._window = bytearray(window) + data
             self._conn.receive_data(data)
-        elif state == _DIRECT:
+        elif state is _DIRECT:
             self._direct = self._direct + data if self._direct else data
-        elif state == _BODY:
+        elif state is _BODY:
             if self._chunked is not None and self._refusal is None:
                 self._refusal = self._chunked.feed(data)
             self._conn.receive_data(data)
-        elif state == _DONE:
+        elif state is _DONE:
             self._carry += data
 
     def feed_eof(self) -> None:
         self._eof = True
-        if self._state in (_HEAD, _BODY):
+        state = self._state
+        if state is _HEAD or state is _BODY:
             self._conn.receive_data(b"")
 
     # -- events -------------------------------------------------------------------------
 
     def next_event(self) -> ReaderEvent:
         state = self._state
-        if state == _HEAD:
+        if state is _HEAD:
             return self._next_head()
-        if state == _DIRECT:
+        if state is _DIRECT:
             return self._next_direct()
-        if state == _BODY:
+        if state is _BODY:
             return self._next_body()
-        if state == _DONE:
+        if state is _DONE:
             if self._carry:
                 return PAUSED
             return CLOSED if self._eof else NEED_DATA
         return NEED_DATA  # _FAILED
 
+    def _move(self, state: ReaderState) -> None:
+        assert state in READER_MOVES[self._state], f"{self._state} -> {state}"
+        self._state = state
+
+    @property
+    def state(self) -> ReaderState:
+        return self._state
+
     def _fail(self, refusal: Refusal) -> Refusal:
-        self._state = _FAILED
+        self._move(_FAILED)
         return refusal
 
     def _next_head(self) -> ReaderEvent:
@@ -375,7 +433,7 @@ class RequestReader:
         """The response is done: parse what followed the request as the next request."""
         carry = self._carry.lstrip(b"\r\n")  # empty lines before a request line are ignored
         self._conn = conn = self._parser()
-        self._state = _HEAD
+        self._move(_HEAD)
         self._window = carry
         self._refusal = None
         self._chunked = None
@@ -392,7 +450,7 @@ class RequestReader:
         """For a protocol upgrade: every byte read past the request head."""
         leftover = self._carry
         self._carry = b""
-        self._state = _FAILED
+        self._move(_FAILED)
         return leftover
 
     @property

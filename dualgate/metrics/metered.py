@@ -22,7 +22,7 @@ from bisect import bisect_left
 
 from dualgate.http.connection import HTTPProtocol
 from dualgate.http.cycle import RequestCycle
-from dualgate.http.phases import Phase
+from dualgate.http.phases import ConnectionPhase
 from dualgate.http.state import RequestHandler
 from dualgate.metrics.counters import InterfaceFigures, Metrics
 from dualgate.metrics.snapshot import DURATION_BOUNDS, Histogram
@@ -30,7 +30,7 @@ from dualgate.metrics.snapshot import DURATION_BOUNDS, Histogram
 __all__ = ["SERVER", "LagProbe", "MeteredHTTPProtocol", "tagged"]
 
 SERVER = "server"  # the interface of answers the server gives itself
-_CLOSED = Phase.CLOSED
+_CLOSED = ConnectionPhase.CLOSED
 _LAG_INTERVAL = 0.25
 _monotonic = time.monotonic
 

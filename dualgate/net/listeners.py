@@ -1,9 +1,11 @@
-"""The listening sockets of a supervisor and its workers, bound once before any worker starts.
+"""The listening sockets of a server, or of a supervisor and its workers, bound once before any
+worker starts: the one binding path, whether one process serves or many.
 
 Where they come from, first match wins: systemd socket activation (LISTEN_FDS), `--fd`,
 `--uds`, or `--host`/`--port` (every address the name resolves to, as asyncio's create_server
-binds them). With `--reuse-port` the supervisor only reserves the port (bound, never listening,
-so the kernel hands it no connection) and each worker binds and listens on its own socket.
+binds them). With `--reuse-port` and workers the supervisor only reserves the port (bound,
+never listening, so the kernel hands it no connection) and each worker binds and listens on its
+own socket; one process alone listens as without it. `listen_on` binds a metrics listener.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from dualgate.config import Config, ConfigError
+from dualgate.config import Config
+from dualgate.errors import ConfigError
 from dualgate.net.systemd import listen_sockets
 
-__all__ = ["Listeners", "bind_reuse_port", "open_listeners"]
+__all__ = ["Listeners", "bind_reuse_port", "describe_address", "listen_on", "open_listeners"]
 
 
 @dataclass
@@ -39,25 +42,32 @@ class Listeners:
             self.unix_path = None
 
 
-def open_listeners(config: Config) -> Listeners:
+def open_listeners(config: Config, *, workers: bool = True) -> Listeners:
+    """The sockets `config` names; `workers`: for a supervisor, whose workers share them."""
+    per_worker = workers and config.reuse_port
     activated = listen_sockets()
     if activated:
-        if config.reuse_port:
+        if per_worker:
             raise ConfigError("--reuse-port cannot be used with sockets passed by systemd")
         return Listeners(activated, [], [])
     if config.fd is not None:
         return Listeners([socket.socket(fileno=config.fd)], [], [])
     if config.uds is not None:
         return Listeners([_bind_unix(config.uds, config.backlog)], [], [], config.uds)
-    if config.reuse_port:
+    if per_worker:
         reserved = _bind_all(config.host, config.port, reuse_port=True)
         # Port 0 is resolved once, here: every worker binds the port the supervisor got.
         addresses = [(int(sock.family), tuple(sock.getsockname())) for sock in reserved]
         return Listeners([], addresses, reserved)
-    shared = _bind_all(config.host, config.port, reuse_port=False)
-    for sock in shared:
-        sock.listen(config.backlog)
-    return Listeners(shared, [], [])
+    return Listeners(listen_on(config.host, config.port, config.backlog), [], [])
+
+
+def listen_on(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` resolves to, all on the same port."""
+    bound = _bind_all(host, port, reuse_port=False)
+    for sock in bound:
+        sock.listen(backlog)
+    return bound
 
 
 def bind_reuse_port(family: int, address: tuple[object, ...], backlog: int) -> socket.socket:
@@ -122,3 +132,11 @@ def _is_socket(path: str) -> bool:
         return stat.S_ISSOCK(os.stat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def describe_address(address: object, scheme: str = "http") -> str:
+    """A bound address as the log says it: a URL, or a unix socket's path."""
+    if isinstance(address, tuple):
+        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
+        return f"{scheme}://{host}:{address[1]}"
+    return f"unix:{address}" + (" (TLS)" if scheme == "https" else "")

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 
-from dualgate.config import ConfigError
+from dualgate.errors import ConfigError
 from dualgate.logs import error_logger
 
 __all__ = ["listen_sockets", "notify", "reloading_message"]

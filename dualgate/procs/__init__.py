@@ -2,7 +2,13 @@
 
 "Worker" in dualgate always means a process; the WSGI pool has threads.
 
-May import: the stdlib, `dualgate.config`, `dualgate.errors`, `dualgate.logs`, `dualgate.net`,
-`dualgate.metrics`. A worker process runs a server handed to it; the process layer never
-imports the launcher back.
+Owns: what the supervisor decides (`policy`, pure, with its move tables), what it and its
+workers say to each other (`messages`: the pipe protocol and the signal sets), carrying the
+decisions out (`supervisor`, `worker`, `reload`), and gunicorn's worker class (`gunicorn`).
+
+May import: the stdlib, `dualgate.config`, `dualgate.errors`, `dualgate.hooks`, `dualgate.logs`,
+`dualgate.net`, `dualgate.metrics`, `dualgate.version`. A worker process runs the server the
+launcher handed it (a `hooks.ServerFactory`), so the process layer never imports the launcher,
+and only the gunicorn worker, which gunicorn loads by name, imports `dualgate.server` (and the
+HTTP core's `RequestCycle`, whose requests it checks against gunicorn's limits).
 """

@@ -23,9 +23,10 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.base import Worker as _GunicornWorker
 
 from dualgate.config import Config
+from dualgate.errors import exit_code_for, report
+from dualgate.hooks import ServerHooks
 from dualgate.http.cycle import RequestCycle
-from dualgate.launch import exit_code_for, report
-from dualgate.server import Server, ServerHooks
+from dualgate.server import Server
 
 __all__ = ["Worker"]
 

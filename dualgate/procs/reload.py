@@ -25,9 +25,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dualgate.config import Config, ConfigError
+from dualgate.config import Config
+from dualgate.errors import ConfigError
+from dualgate.hooks import ServerFactory
 from dualgate.logs import error_logger
 from dualgate.logsetup import configure_logging
+from dualgate.procs.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from watchfiles import Change
@@ -57,9 +60,8 @@ _ENVIRONMENT_MARKERS = ("pyvenv.cfg", "conda-meta")
 _STOP_CHECK_MS = 500
 
 
-def run_reloader(config: Config) -> int:
-    from dualgate.procs.supervisor import Supervisor
-
+def run_reloader(config: Config, serve: ServerFactory) -> int:
+    """Supervise workers serving what `serve` builds, replacing them on each change."""
     try:
         import watchfiles  # noqa: F401
     except ImportError:
@@ -77,7 +79,7 @@ def run_reloader(config: Config) -> int:
     try:
         # Spawned: forking while the watcher's threads run is not safe.
         supervised = dataclasses.replace(config, workers=config.workers or 1, start_method="spawn")
-        return Supervisor(supervised, change_fd=read_fd).run()
+        return Supervisor(supervised, serve, change_fd=read_fd).run()
     finally:
         watcher.stop()
         os.close(read_fd)

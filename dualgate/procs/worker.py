@@ -1,25 +1,15 @@
 """One worker process under the supervisor: started by fork or spawn, serves until told to stop.
 
-The worker talks to its supervisor over one pipe, one byte per message: READY once the
-application is loaded and ASGI lifespan start-up is done, BEAT from its event loop every
-heartbeat interval (a blocked loop goes quiet, which a side thread would hide), RETIRING when
---limit-max-requests is reached. With --metrics-address, each BEAT is followed by a SNAPSHOT
-of the worker's figures (`snapshot_message`: the byte, a 4-byte length, the Stats as JSON), and
-a last one goes out once the server has stopped; the supervisor adds them up and serves them.
-A write that fails with a broken pipe means the supervisor is gone, and the worker stops
-gracefully rather than serving on as an orphan.
-
-Signals: SIGTERM stops gracefully (a second one forces); SIGINT is ignored, because Ctrl-C in a
-terminal reaches every process of the group and the supervisor decides what it means;
-SIGUSR1 writes every thread's traceback to stderr, which the supervisor asks for before it kills
-a worker whose loop stopped answering.
+What it says to its supervisor and which signals it heeds are messages.py's. It runs the server
+the launcher handed down (`WorkerSpec.serve`, `Server` itself), never importing it: a spawned
+worker unpickles it by name. A write to the pipe that fails with a broken pipe means the
+supervisor is gone, and the worker stops gracefully rather than serving on as an orphan.
 """
 
 from __future__ import annotations
 
 import base64
 import faulthandler
-import json
 import os
 import pickle
 import random
@@ -32,59 +22,41 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import dualgate.version
 from dualgate.config import Config
-from dualgate.http.cycle import RequestCycle
-from dualgate.launch import EXIT_APP_LOAD, report, run_server
+from dualgate.errors import EXIT_APP_LOAD, report, reporting_failures
+from dualgate.hooks import ServerFactory, ServerHooks, Serving
 from dualgate.logs import error_logger
 from dualgate.logsetup import configure_logging
-from dualgate.metrics.snapshot import Stats
 from dualgate.net.listeners import bind_reuse_port
-from dualgate.server import Server, ServerHooks
+from dualgate.procs.messages import (
+    BEAT,
+    BLOCKED_AROUND_START,
+    DUMP_SIGNAL,
+    READY,
+    RETIRING,
+    snapshot_message,
+)
 
-__all__ = [
-    "BEAT",
-    "READY",
-    "RETIRING",
-    "SNAPSHOT",
-    "SUPERVISOR_SIGNALS",
-    "WorkerSpec",
-    "fork_worker",
-    "read_snapshot",
-    "snapshot_message",
-    "spawn_worker",
-    "spawned_main",
-]
+if TYPE_CHECKING:
+    from dualgate.http.cycle import RequestCycle
 
-READY = b"R"
-BEAT = b"."
-RETIRING = b"M"
-SNAPSHOT = b"S"
-_LENGTH = 4  # bytes of a snapshot's length, big-endian
+__all__ = ["WorkerSpec", "fork_worker", "spawn_worker", "spawned_main"]
+
 # Unsent bytes a worker keeps while its supervisor is slow to read; past it, snapshots and
 # beats are dropped (a later one says the same, more recently).
 _MOST_PENDING = 1 << 20
-# Blocked around fork and spawn, so a child never runs the supervisor's handlers (nor dies of
-# SIGUSR1 before it can dump tracebacks), and reset in the child before it unblocks them.
-SUPERVISOR_SIGNALS = frozenset(
-    {
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGCHLD,
-        signal.SIGUSR1,
-    }
-)
 _PAYLOAD_ENV = "DUALGATE_WORKER"
 _SPAWNED = "import sys; from dualgate.procs.worker import spawned_main; sys.exit(spawned_main())"
-_DUMP_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
     config: Config
+    # What the worker runs: called with the config, its sockets and hooks (pickled by name).
+    serve: ServerFactory
     # Descriptors of the shared listening sockets, the same numbers in the worker.
     shared_fds: tuple[int, ...]
     # With --reuse-port: (family, address) pairs the worker binds itself.
@@ -96,7 +68,7 @@ class WorkerSpec:
 
 def fork_worker(spec: WorkerSpec, close_fds: Sequence[int]) -> int:
     """Fork a worker serving `spec`; returns its pid. `close_fds` are the supervisor's own."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_AROUND_START)
     try:
         pid = os.fork()
         if pid == 0:  # the child: it never returns from here
@@ -120,15 +92,14 @@ def fork_worker(spec: WorkerSpec, close_fds: Sequence[int]) -> int:
 
 def spawn_worker(spec: WorkerSpec) -> subprocess.Popen[bytes]:
     """Start a worker in a fresh interpreter; the descriptors it needs keep their numbers."""
-    import dualgate
-
     payload = base64.b64encode(pickle.dumps(spec)).decode("ascii")
     # The worker imports dualgate from where this process did, whatever its sys.path was.
-    root = os.path.dirname(os.path.dirname(os.path.abspath(dualgate.__file__)))
+    package = os.path.dirname(os.path.abspath(dualgate.version.__file__))
+    root = os.path.dirname(package)
     path = os.environ.get("PYTHONPATH")
     env = dict(os.environ, **{_PAYLOAD_ENV: payload})
     env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISOR_SIGNALS)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_AROUND_START)
     try:
         return subprocess.Popen(
             [sys.executable, "-c", _SPAWNED],
@@ -138,27 +109,6 @@ def spawn_worker(spec: WorkerSpec) -> subprocess.Popen[bytes]:
         )
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def snapshot_message(stats: Stats) -> bytes:
-    payload = json.dumps(stats.to_json(), separators=(",", ":")).encode("utf-8")
-    return SNAPSHOT + len(payload).to_bytes(_LENGTH, "big") + payload
-
-
-def read_snapshot(buffer: bytes) -> tuple[Stats | None, int]:
-    """The snapshot message at the start of `buffer` and its size, or (None, 0) while it is
-    incomplete. A payload that does not decode raises ValueError."""
-    if len(buffer) < 1 + _LENGTH:
-        return None, 0
-    size = int.from_bytes(buffer[1 : 1 + _LENGTH], "big")
-    end = 1 + _LENGTH + size
-    if len(buffer) < end:
-        return None, 0
-    try:
-        stats = Stats.from_json(json.loads(buffer[1 + _LENGTH : end]))
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"a snapshot that does not decode: {exc!r}") from exc
-    return stats, end
 
 
 class _Channel:
@@ -211,12 +161,12 @@ class _Channel:
 
 def serve(spec: WorkerSpec) -> int:
     """The worker's whole life; returns its exit code."""
-    for signum in SUPERVISOR_SIGNALS:
+    for signum in BLOCKED_AROUND_START:
         signal.signal(signum, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.register(_DUMP_SIGNAL, all_threads=True)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SUPERVISOR_SIGNALS)
+    faulthandler.register(DUMP_SIGNAL, all_threads=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_AROUND_START)
 
     config = spec.config
     configure_logging(config)
@@ -233,7 +183,7 @@ def serve(spec: WorkerSpec) -> int:
         limit += random.randint(0, config.limit_max_requests_jitter)
     served = 0
     orphaned = False
-    server: Server
+    server: Serving
 
     def on_request(cycle: RequestCycle) -> bool:
         nonlocal served
@@ -269,8 +219,8 @@ def serve(spec: WorkerSpec) -> int:
         # The supervisor serves the figures: this worker counts them and sends them.
         serve_metrics=False,
     )
-    server = Server(config, sockets=sockets, hooks=hooks)
-    code = run_server(server)
+    server = spec.serve(config, sockets=sockets, hooks=hooks)
+    code = reporting_failures(server.run)
     if metered:
         # The last figures, so that the supervisor's sums lose nothing of a worker that stops.
         channel.send_last(snapshot_message(server.stats()), timeout=1.0)

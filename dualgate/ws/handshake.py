@@ -4,7 +4,7 @@ Rules of this file:
 - Pure functions over an already parsed HTTP request: no sockets, no asyncio, no wsproto (so
   the HTTP core can import it whether or not wsproto is installed).
 - A handshake either passes (`Handshake`: what the protocol needs to answer it) or gets a
-  `Refusal` (status, reason, headers): 400 for a malformed request, 426 with
+  `HandshakeRefusal` (status, reason, headers): 400 for a malformed request, 426 with
   `Sec-WebSocket-Version: 13` for a version other than 13. Never an exception.
 - permessage-deflate offers are parsed here, with quoted values and duplicate parameters, because
   wsproto's own offer parser takes the last offer, lets flags of a declined offer leak into the
@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import unquote
 
+from dualgate.http.grammar import TOKEN, Headers
+from dualgate.http.paths import strip_root_path
+
 if TYPE_CHECKING:
     from asgiref.typing import WebSocketScope
 
@@ -30,8 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ASGI_WEBSOCKET",
     "Handshake",
+    "HandshakeRefusal",
     "HandshakeRequest",
-    "Refusal",
     "build_scope",
     "check_handshake",
     "is_websocket_request",
@@ -39,14 +42,10 @@ __all__ = [
     "websockets_unavailable",
 ]
 
-Headers = list[tuple[bytes, bytes]]
-
 # spec_version 2.5 of the HTTP & WebSocket ASGI spec: `reason` in websocket.disconnect (2.5),
 # send() after close raises an OSError (2.4), `reason` in websocket.close (2.3).
 ASGI_WEBSOCKET = {"version": "3.0", "spec_version": "2.5"}
 
-# RFC 9110 section 5.6.2: token = 1*tchar.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 7692 section 7.1.2: window bits are 8 to 15 "without leading zeroes". zlib cannot make a
 # raw deflate stream with a 256-byte window, so offers that ask for 8 are declined (section 7.1.1
 # lets a server decline any offer).
@@ -74,7 +73,7 @@ class Handshake:
 
 
 @dataclass(frozen=True)
-class Refusal:
+class HandshakeRefusal:
     """An opening handshake that must be answered with an HTTP error instead of a 101."""
 
     status: int
@@ -100,41 +99,41 @@ def websockets_unavailable(config: Config) -> str | None:
     return None
 
 
-def check_handshake(request: HandshakeRequest, *, deflate: bool) -> Handshake | Refusal:
+def check_handshake(request: HandshakeRequest, *, deflate: bool) -> Handshake | HandshakeRefusal:
     """RFC 6455 section 4.2.1, items 1 to 6, in that order; item 7 (Origin) is the app's."""
     if request.method != b"GET":
-        return Refusal(400, "A WebSocket handshake must be a GET request")
+        return HandshakeRefusal(400, "A WebSocket handshake must be a GET request")
     if request.http_version in (b"0.9", b"1.0"):
-        return Refusal(400, "A WebSocket handshake needs HTTP/1.1")
+        return HandshakeRefusal(400, "A WebSocket handshake needs HTTP/1.1")
     values: dict[bytes, list[bytes]] = {}
     for name, value in request.headers:
         values.setdefault(name, []).append(value)
     if len(values.get(b"host", ())) != 1:
-        return Refusal(400, "A WebSocket handshake needs one Host header")
+        return HandshakeRefusal(400, "A WebSocket handshake needs one Host header")
     if not any(b"websocket" in _tokens(value) for value in values.get(b"upgrade", ())):
-        return Refusal(400, "A WebSocket handshake needs 'Upgrade: websocket'")
+        return HandshakeRefusal(400, "A WebSocket handshake needs 'Upgrade: websocket'")
     if not any(b"upgrade" in _tokens(value) for value in values.get(b"connection", ())):
-        return Refusal(400, "A WebSocket handshake needs 'Connection: Upgrade'")
+        return HandshakeRefusal(400, "A WebSocket handshake needs 'Connection: Upgrade'")
     keys = values.get(b"sec-websocket-key", [])
     if len(keys) != 1 or not _valid_key(keys[0]):
-        return Refusal(400, "Sec-WebSocket-Key must be one base64-encoded 16-byte value")
+        return HandshakeRefusal(400, "Sec-WebSocket-Key must be one base64-encoded 16-byte value")
     versions = values.get(b"sec-websocket-version", [])
     if versions != [b"13"]:
         # Section 4.2.2: the answer names the version(s) this server speaks.
         status = 426 if versions else 400
         version = [(b"sec-websocket-version", b"13")]
-        return Refusal(status, "Sec-WebSocket-Version must be 13", version)
+        return HandshakeRefusal(status, "Sec-WebSocket-Version must be 13", version)
     lengths = values.get(b"content-length", ())
     if values.get(b"transfer-encoding") or any(value != b"0" for value in lengths):
-        return Refusal(400, "A WebSocket handshake has no request body")
+        return HandshakeRefusal(400, "A WebSocket handshake has no request body")
     subprotocols = []
     for value in values.get(b"sec-websocket-protocol", ()):
         for item in value.split(b","):
             item = item.strip(b" \t")
             if not item:
                 continue  # RFC 9110 section 5.6.1: empty list elements are ignored
-            if not _TOKEN.fullmatch(item):
-                return Refusal(400, "Sec-WebSocket-Protocol must be a list of tokens")
+            if not TOKEN.fullmatch(item):
+                return HandshakeRefusal(400, "Sec-WebSocket-Protocol must be a list of tokens")
             subprotocols.append(item.decode("ascii"))
     offer = negotiate_deflate(values.get(b"sec-websocket-extensions", ())) if deflate else None
     return Handshake(keys[0], subprotocols, offer)
@@ -183,7 +182,7 @@ def build_scope(
     """The ASGI `websocket` connection scope, with path and root_path as for HTTP requests."""
     raw_path, _, query = request.target.partition(b"?")
     path = unquote(raw_path.decode("ascii", "surrogateescape"))
-    if root_path and not (path == root_path or path.startswith(root_path + "/")):
+    if strip_root_path(path, root_path) is None:
         # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path
@@ -241,7 +240,7 @@ def _extension_elements(
             name = parts[0].strip()
             if not name:
                 continue  # an empty list element
-            if not _TOKEN.fullmatch(name.encode("latin-1")):
+            if not TOKEN.fullmatch(name.encode("latin-1")):
                 yield None
                 continue
             params: list[tuple[str, str | None]] = []

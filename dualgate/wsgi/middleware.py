@@ -94,7 +94,7 @@ class WSGIMiddleware:
             raise RuntimeError(f"WSGIMiddleware serves 'http' scopes, not {scope['type']!r}")
         loop = asyncio.get_running_loop()
         first = await receive()
-        exchange = _Exchange(loop, receive, send)
+        exchange = _ASGISide(loop, receive, send)
         if first["type"] == "http.disconnect":
             return
         body = first.get("body", b"")
@@ -149,7 +149,7 @@ class WSGIMiddleware:
         await sink.flush()
 
 
-class _Exchange:
+class _ASGISide:
     """The ASGI side of one request, reached from the worker thread by posting to the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, receive: Receive, send: Send) -> None:
@@ -187,7 +187,7 @@ class _Exchange:
 class _StreamingBody:
     """wsgi.input's source when the body comes in several ASGI messages."""
 
-    def __init__(self, exchange: _Exchange, first: bytes) -> None:
+    def __init__(self, exchange: _ASGISide, first: bytes) -> None:
         self._exchange = exchange
         self._pending = first
         self._ended = False
@@ -213,7 +213,7 @@ class _Sink:
     """The bridge's ResponseSink over ASGI send(). A small response is sent after the
     application returns, on the loop, without crossing threads again."""
 
-    def __init__(self, exchange: _Exchange) -> None:
+    def __init__(self, exchange: _ASGISide) -> None:
         self._exchange = exchange
         self._head: Head | None = None
         self._tail: bytes | None = None

@@ -118,7 +118,7 @@ class _ThreadBody:
                     self._gone = True
             self._ready.notify()
         if more:
-            cycle.on_body_ready = self.pump
+            cycle.when_body_ready(self.pump)
 
     def read(self, size: int) -> bytes:
         with self._ready:
@@ -303,13 +303,17 @@ class WSGIHandler:
         high_water: int,
         worker_wait: float,
         multiprocess: bool = False,
+        proxy_root: str | None = None,
     ) -> None:
+        """`proxy_root`: the part of `root_path` a proxy in front may strip (the server's root
+        path, without the --mount prefix); all of it when None."""
         self.app = app
         self.multiprocess = multiprocess
         self.inbox = LoopInbox(loop)
         self.pool = pool
         self.loop = loop
         self.root_path = root_path
+        self.proxy_root = root_path if proxy_root is None else proxy_root
         self.high_water = high_water
         self.worker_wait = worker_wait
 
@@ -323,7 +327,7 @@ class WSGIHandler:
         ):
             # Wait on the loop for a first buffer-full (or the whole body), so a dribbling
             # upload holds no worker thread while it dribbles.
-            cycle.on_body_ready = functools.partial(self, cycle)
+            cycle.when_body_ready(functools.partial(self, cycle))
             return
         source: BodySource
         if cycle.body_complete:
@@ -347,6 +351,11 @@ class WSGIHandler:
         raw_path, _, query = request.target.partition(b"?")
         path_info = path_info_from_raw(raw_path)
         script_name = self.root_path
+        stripped = self.proxy_root
+        if stripped != script_name and strip_root_path(path_info, stripped) is None:
+            # Under a --mount whose server root path a proxy stripped: put that part back, so
+            # the mount's prefix comes off below.
+            path_info = stripped + path_info
         below = strip_root_path(path_info, script_name)
         if below is not None:
             path_info = below
