@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--" + item.name.replace("_", "-"),
             dest=item.name,
             default=argparse.SUPPRESS,
-            help=item.metadata["help"] + shown,
+            # Plain text, not an argparse template: a % in it (--access-log-format's) is kept.
+            help=(item.metadata["help"] + shown).replace("%", "%%"),
             **kwargs,
         )
     return parser

@@ -20,8 +20,17 @@ from dualgate.edge.forwarded import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_lis
 
 # Re-exported: `from dualgate.config import ConfigError` is how users have caught them.
 from dualgate.errors import AppLoadError, ConfigError
+from dualgate.logs import AccessFormat
 
-__all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app", "parse_host_port"]
+__all__ = [
+    "LOG_CONFIG_KINDS",
+    "AppLoadError",
+    "Config",
+    "ConfigError",
+    "LoadedApp",
+    "load_app",
+    "parse_host_port",
+]
 
 Interface = Literal["auto", "asgi", "wsgi"]
 Lifespan = Literal["auto", "on", "off"]
@@ -29,6 +38,16 @@ LoopName = Literal["auto", "asyncio", "uvloop"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 StartMethod = Literal["fork", "spawn"]
 WebSockets = Literal["auto", "wsproto", "none"]
+
+# What --log-config takes, told by the file's suffix (as uvicorn's --log-config).
+LOG_CONFIG_KINDS = {
+    ".json": "dictConfig",
+    ".yaml": "dictConfig",
+    ".yml": "dictConfig",
+    ".ini": "fileConfig",
+    ".cfg": "fileConfig",
+    ".conf": "fileConfig",
+}
 
 
 def _setting(default: Any, help: str, *, flag: bool = True, **extra: Any) -> Any:
@@ -126,6 +145,27 @@ def _health_path(name: str, value: str | None) -> None:
         raise ConfigError(f"{name} must be printable, got {value!r}")
 
 
+def _log_config(name: str, value: str | None) -> None:
+    # Read and applied by logsetup.py when the process starts; what can be told without
+    # applying it (a side effect) is told here, before anything starts.
+    if value is None:
+        return
+    suffix = os.path.splitext(value)[1].lower()
+    if suffix not in LOG_CONFIG_KINDS:
+        kinds = ", ".join(f"{s} ({kind})" for s, kind in LOG_CONFIG_KINDS.items())
+        raise ConfigError(f"{name} {value}: the file's suffix tells its kind: {kinds}")
+    if not os.path.isfile(value):
+        raise ConfigError(f"{name} {value}: no such file")
+
+
+def _access_log_format(name: str, value: str | None) -> None:
+    if value is not None:
+        try:
+            AccessFormat(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
 def _forwarded_allow_ips() -> str:
     return os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS)
 
@@ -198,8 +238,27 @@ class Config:
     )
     lifespan: Lifespan = _setting("auto", "ASGI lifespan protocol: auto, on or off")
     loop: LoopName = _setting("auto", "event loop: uvloop when installed (auto), or asyncio")
-    log_level: LogLevel = _setting("info", "level of the dualgate.error logger")
+    # -- logging (logs.py, logsetup.py); README "Logging" lists the access fields and atoms --
+    log_level: LogLevel = _setting(
+        "info", "level of the dualgate.error logger (a level --log-config gives it wins)"
+    )
     access_log: bool = _setting(True, "log one line per response to dualgate.access")
+    log_config: str | None = _setting(
+        None,
+        "configure logging from this file first: .json or .yaml (logging.config.dictConfig; "
+        ".yaml needs PyYAML) or .ini (fileConfig) (default: none; dualgate's own stderr "
+        "handler, which stands aside for handlers the application put on the root logger)",
+        check=_log_config,
+        metavar="FILE",
+    )
+    access_log_format: str | None = _setting(
+        None,
+        "the access line in gunicorn's atoms, e.g. '%(h)s \"%(r)s\" %(s)s %(b)s %(D)s'; "
+        'README "Logging" lists them (default: CLIENT "METHOD TARGET HTTP/VERSION" STATUS '
+        "BYTES DURATIONms)",
+        check=_access_log_format,
+        metavar="FORMAT",
+    )
     server_header: bool = _setting(True, "send a Server header")
     date_header: bool = _setting(True, "send a Date header")
     # -- processes: supervisor and workers, restarts, reload (supervisor.py, reload.py) ------

@@ -37,13 +37,15 @@ from dualgate.errors import ConfigError
 from dualgate.hooks import ServerHooks
 from dualgate.http.connection import HTTPProtocol
 from dualgate.http.state import ServerState
-from dualgate.logs import configure_logging, error_logger
+from dualgate.logs import error_logger
+from dualgate.logsetup import configure_logging
 from dualgate.metrics.answers import MetricsEndpoint
 from dualgate.metrics.counters import Metrics
 from dualgate.metrics.metered import LagProbe, MeteredHTTPProtocol
 from dualgate.metrics.snapshot import Stats
 from dualgate.net.acceptor import Acceptor
 from dualgate.net.listeners import Listeners, describe_address, listen_on, open_listeners
+from dualgate.version import __version__
 from dualgate.wiring import Wiring
 
 __all__ = ["Server", "ServerHooks"]
@@ -105,7 +107,7 @@ class Server:
         return 0
 
     async def serve(self) -> None:
-        configure_logging(self.config.log_level, self.config.access_log)
+        configure_logging(self.config)
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
@@ -194,7 +196,12 @@ class Server:
             self._lag.start()
         scheme = "https" if self._tls is not None else "http"
         for address in self.addresses:
-            error_logger.info("Serving %s on %s", description, describe_address(address, scheme))
+            error_logger.info(
+                "dualgate %s: Serving %s on %s",
+                __version__,
+                description,
+                describe_address(address, scheme),
+            )
         if metrics.metered and self.hooks.serve_metrics:
             await self._serve_metrics(loop)
 

@@ -31,7 +31,7 @@ from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
 from dualgate.http.state import ServerState
-from dualgate.logs import access_logger, error_logger, log_access
+from dualgate.logs import error_logger, log_access
 
 __all__ = ["HTTPProtocol"]
 
@@ -355,9 +355,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             if self.state.access_log:
                 _log_access(cycle)
         elif self.state.access_log:
-            access_logger.info(
-                "%s refused before a request line: %d %s", self.view.client, status, message
-            )
+            log_access(self.view.client, b"-", b"-", b"-", status, 0, None, ())
         self.close()
 
     def check_deadline(self, now: float) -> None:
@@ -417,4 +415,6 @@ def _log_access(cycle: RequestCycle) -> None:
         cycle.status,
         cycle.sent_bytes,
         cycle.started_at,
+        request.headers,
+        cycle.response_headers,
     )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
@@ -104,6 +104,7 @@ class RequestCycle:
         "interface",
         "keep_alive",
         "request",
+        "response_headers",
         "scheme",
         "sent_bytes",
         "server",
@@ -141,6 +142,8 @@ class RequestCycle:
         self.complete = False
         self.status = 0
         self.sent_bytes = 0
+        # The application's response headers, as given, for an access line that shows some.
+        self.response_headers: Sequence[tuple[bytes, bytes]] = ()
         self.keep_alive = request.keep_alive
         self._framing = EMPTY
         self._remaining = 0
@@ -256,6 +259,7 @@ class RequestCycle:
             self.respond_error(500, "Internal Server Error\n")
             return None
         self.status = status
+        self.response_headers = headers
         self.head_sent = True
         self.keep_alive = head.keep_alive
         self._framing = head.framing

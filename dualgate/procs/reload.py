@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 from dualgate.config import Config
 from dualgate.errors import ConfigError
 from dualgate.hooks import ServerFactory
-from dualgate.logs import configure_logging, error_logger
+from dualgate.logs import error_logger
+from dualgate.logsetup import configure_logging
 from dualgate.procs.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def run_reloader(config: Config, serve: ServerFactory) -> int:
         import watchfiles  # noqa: F401
     except ImportError:
         raise ConfigError("--reload needs watchfiles: pip install 'dualgate[reload]'") from None
-    configure_logging(config.log_level, config.access_log)
+    configure_logging(config)
     roots = [Path(d).resolve() for d in config.reload_dir or (".",)]
     for root in roots:
         if not root.is_dir():

@@ -31,7 +31,8 @@ from types import FrameType
 from dualgate.config import Config, parse_host_port
 from dualgate.errors import report
 from dualgate.hooks import ServerFactory
-from dualgate.logs import configure_logging, error_logger
+from dualgate.logs import error_logger
+from dualgate.logsetup import configure_logging
 from dualgate.metrics.answers import Answer, answer
 from dualgate.metrics.scrape import ScrapeServer
 from dualgate.metrics.snapshot import Stats
@@ -50,6 +51,7 @@ from dualgate.procs.policy import (
     WorkerFacts,
 )
 from dualgate.procs.worker import WorkerSpec, fork_worker, spawn_worker
+from dualgate.version import __version__
 
 __all__ = ["Supervisor", "Worker"]
 
@@ -114,7 +116,7 @@ class Supervisor:
     # -- running ----------------------------------------------------------------------------
 
     def run(self) -> int:
-        configure_logging(self.config.log_level, self.config.access_log)
+        configure_logging(self.config)
         self._listeners = open_listeners(self.config)
         try:
             if self.config.metrics_address is not None:
@@ -174,7 +176,8 @@ class Supervisor:
         mode = " (SO_REUSEPORT: one socket per worker)" if listeners.reuse_port else ""
         for address in where:
             error_logger.info(
-                "Supervisor %d listening on %s%s, %d worker(s) (%s)",
+                "dualgate %s: Supervisor %d listening on %s%s, %d worker(s) (%s)",
+                __version__,
                 os.getpid(),
                 address,
                 mode,

@@ -28,7 +28,8 @@ import dualgate.version
 from dualgate.config import Config
 from dualgate.errors import EXIT_APP_LOAD, report, reporting_failures
 from dualgate.hooks import ServerFactory, ServerHooks, Serving
-from dualgate.logs import configure_logging, error_logger
+from dualgate.logs import error_logger
+from dualgate.logsetup import configure_logging
 from dualgate.net.listeners import bind_reuse_port
 from dualgate.procs.messages import (
     BEAT,
@@ -168,7 +169,7 @@ def serve(spec: WorkerSpec) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_AROUND_START)
 
     config = spec.config
-    configure_logging(config.log_level, config.access_log)
+    configure_logging(config)
     channel = _Channel(spec.channel_fd)
     sockets = [socket.socket(fileno=fd) for fd in spec.shared_fds]
     try:

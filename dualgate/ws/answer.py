@@ -132,6 +132,7 @@ class Answer:
                 status,
                 self._sent,
                 self._started,
+                request.headers,
             )
 
 
