@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from gunicorn.config import KNOWN_SETTINGS, Config
 
-from dualgate.procs.gunicorn_settings import options, refusal
+from dualgate.procs.gunicorn_settings import in_gunicorns_words, options, refusal
 from tests.conftest import SOCKET_TIMEOUT, Reader
 from tests.processes import START_TIMEOUT, Process, get, parse, wait_until, write_app
 from tests.proxies import Certs
@@ -376,6 +376,12 @@ def test_settings_refused(argv: tuple[str, ...], setting: str) -> None:
     assert line is not None
     assert line.startswith(f"gunicorn setting {setting}:")
     assert "\n" not in line
+
+
+def test_a_failure_of_a_mapped_value_names_gunicorns_setting() -> None:
+    # What the worker reports when the server cannot load a file gunicorn named.
+    line = in_gunicorns_words("--ssl-keyfile k.pem: the private key does not belong to it")
+    assert line == "gunicorn setting keyfile: keyfile k.pem: the private key does not belong to it"
 
 
 def test_settings_refused_from_a_config_file() -> None:

@@ -33,7 +33,7 @@ from dualgate.hooks import ServerHooks
 from dualgate.http.cycle import RequestCycle
 from dualgate.logs import error_logger
 from dualgate.procs.gunicorn_access import AccessReporter, wanted
-from dualgate.procs.gunicorn_settings import options, refusal
+from dualgate.procs.gunicorn_settings import in_gunicorns_words, options, refusal
 from dualgate.server import Server
 
 __all__ = ["Worker"]
@@ -110,7 +110,7 @@ class Worker(_GunicornWorker):  # type: ignore[misc]  # gunicorn ships no type h
         except Exception as exc:
             if exit_code_for(exc) is None:
                 raise
-            report(exc)
+            report(in_gunicorns_words(str(exc)) if isinstance(exc, ConfigError) else exc)
             # The arbiter stops altogether on this code, rather than respawning in a loop.
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         finally:

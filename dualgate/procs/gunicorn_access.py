@@ -39,7 +39,11 @@ def wanted(log: Any) -> bool:
     is not gunicorn's plain Logger (Statsd counts in `access`, a custom class may too)."""
     if type(log) is not Logger:
         return True
-    return bool(log.access_log_enabled)
+    enabled = getattr(log, "access_log_enabled", None)  # gunicorn 25+
+    if enabled is None:
+        cfg = log.cfg
+        enabled = cfg.accesslog or cfg.logconfig or cfg.logconfig_dict or cfg.syslog
+    return bool(enabled)
 
 
 class LoggedRequest:

@@ -34,9 +34,10 @@ import re
 import ssl
 from typing import Any
 
+from dualgate.config import Config
 from dualgate.errors import ConfigError
 
-__all__ = ["LOGGED_ENVIRON", "options", "refusal"]
+__all__ = ["LOGGED_ENVIRON", "in_gunicorns_words", "options", "refusal"]
 
 # The environ keys gunicorn_access.py builds for the logger (besides HTTP_*): what a
 # {name}e atom may name.
@@ -70,6 +71,24 @@ _SCHEME_HEADERS = ({"X-FORWARDED-PROTO": "https"},)
 # ssl_version values meaning "negotiate the newest": gunicorn ignores the setting, and its
 # default context, like dualgate's, serves TLS 1.2 and 1.3 whatever it says.
 _NEGOTIATING = frozenset(("TLS", "TLS_SERVER", "SSLv23", "TLSv1_2"))
+# dualgate's flags for the values mapped from gunicorn's settings.
+_GUNICORN_NAMES = {
+    "--ssl-certfile": "certfile",
+    "--ssl-keyfile": "keyfile",
+    "--ssl-ca-certs": "ca_certs",
+    "--ssl-cert-reqs": "cert_reqs",
+    "--ssl-ciphers": "ciphers",
+    "--forwarded-allow-ips": "forwarded_allow_ips",
+    "--root-path": "root_path",
+    "--backlog": "backlog",
+    "--threads": "threads",
+    "--limit-concurrency": "worker_connections",
+    "--timeout-keep-alive": "keepalive",
+    "--timeout-graceful-shutdown": "graceful_timeout",
+    "--max-head-size": "limit_request_line",
+    "--loop": "asgi_loop",
+    "--ws-max-size": "websocket_max_message_size",
+}
 _ATOM = re.compile(r"%\(([^)]*)\)")
 # Settings dualgate has nothing for, refused whenever they differ from gunicorn's default.
 _FIXED = {
@@ -94,12 +113,26 @@ _FIXED = {
 
 
 def refusal(cfg: Any) -> str | None:
-    """The one line naming the first setting dualgate cannot honour, or None."""
+    """The one line naming the first setting dualgate cannot honour, or None: what options()
+    refuses, or what dualgate's Config refuses of the mapped values, in gunicorn's words."""
     try:
-        options(cfg)
+        Config(app=_no_app, **options(cfg))
     except ConfigError as exc:
-        return str(exc)
+        return in_gunicorns_words(str(exc))
     return None
+
+
+def in_gunicorns_words(text: str) -> str:
+    """A dualgate error about a mapped value, naming gunicorn's setting instead of the flag."""
+    for flag, name in _GUNICORN_NAMES.items():
+        if flag in text:
+            return f"gunicorn setting {name}: {text.replace(flag, name)}"
+    return text
+
+
+def _no_app(environ: Any, start_response: Any) -> Any:
+    """Stands in for the application, which a settings check does not load."""
+    raise NotImplementedError
 
 
 def options(cfg: Any) -> dict[str, Any]:
@@ -108,9 +141,9 @@ def options(cfg: Any) -> dict[str, Any]:
     for name, why in _FIXED.items():
         if _changed(cfg, name):
             raise _refuse(name, why)
-    if "h2" in cfg.http_protocols:
+    if "h2" in _get(cfg, "http_protocols", ["h1"]):
         raise _refuse("http_protocols", "dualgate serves HTTP/1.1 only")
-    if cfg.header_map != "drop":
+    if _get(cfg, "header_map", "drop") != "drop":
         raise _refuse("header_map", "dualgate drops header names with an underscore (drop)")
     _check_access_log_format(cfg.access_log_format)
     found: dict[str, Any] = {
@@ -121,19 +154,19 @@ def options(cfg: Any) -> dict[str, Any]:
         "log_level": str(cfg.loglevel).lower(),
         # gunicorn's logger writes the access lines (--access-logfile, its format, statsd).
         "access_log": False,
-        "loop": cfg.asgi_loop,
-        "lifespan": cfg.asgi_lifespan,
+        "loop": _get(cfg, "asgi_loop", "auto"),
+        "lifespan": _get(cfg, "asgi_lifespan", "auto"),
     }
     if cfg.keepalive > 0:
         found["timeout_keep_alive"] = float(cfg.keepalive)
-    if cfg.root_path:
-        root = str(cfg.root_path)
+    root = str(_get(cfg, "root_path", ""))
+    if root:
         if not root.startswith("/") or root.endswith("/"):
             raise _refuse(
                 "root_path", f"dualgate needs it to start with / and not end with /, got {root!r}"
             )
         found["root_path"] = root
-    size = cfg.websocket_max_message_size
+    size = _get(cfg, "websocket_max_message_size", 16 * 1024 * 1024)
     if size <= 0:
         raise _refuse("websocket_max_message_size", "dualgate always limits a message (0)")
     found["ws_max_size"] = size
@@ -156,7 +189,8 @@ def _edge(cfg: Any) -> dict[str, Any]:
         # gunicorn trusts a unix-socket peer whatever the list says.
         "forwarded_allow_ips": ",".join([*trusted, "unix:"]),
     }
-    if cfg.proxy_protocol != "off":
+    mode = _get(cfg, "proxy_protocol", "off")
+    if mode not in (False, "off"):  # a bool before gunicorn 24
         if cfg.is_ssl:
             raise _refuse(
                 "proxy_protocol",
@@ -224,6 +258,13 @@ def _check_access_log_format(text: str) -> None:
                 f"{atom}: the logger sees the request's CGI and WSGI variables only, not the "
                 "application's environ",
             )
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+    """A setting's value; `default` (its meaning when absent) on a gunicorn without it: the
+    extra allows gunicorn 22, which has no ASGI, HTTP/2 or header_map settings."""
+    setting = cfg.settings.get(name)
+    return default if setting is None else setting.get()
 
 
 def _changed(cfg: Any, name: str) -> bool:
