@@ -313,6 +313,22 @@ def test_gunicorn_refuses_a_setting_it_cannot_honour(
     assert "Booting worker" not in done.stderr
 
 
+def test_gunicorn_refuses_a_setting_a_reload_brings(tmp_path: Path) -> None:
+    # HUP reads the configuration file again and starts new workers, which check themselves:
+    # check_config ran once, at start.
+    write_app(tmp_path)
+    conf = tmp_path / "conf.py"
+    conf.write_text("workers = 1\n")
+    with gunicorn(tmp_path, "pidapp:application", "-c", str(conf)) as (process, port):
+        wait_for_workers(process, 1)
+        assert get(port)[0] == b"HTTP/1.1 200 OK"
+        conf.write_text("workers = 1\nsecure_scheme_headers = {'X-FORWARDED-SSL': 'on'}\n")
+        process.signal(signal.SIGHUP)
+        assert process.wait() != 0
+        line = process.wait_for("dualgate's worker cannot honour")
+        assert "gunicorn setting secure_scheme_headers:" in line
+
+
 def _gunicorn_config(*argv: str) -> Any:
     config = Config()
     parsed = config.parser().parse_args([*argv, "app:application"])

@@ -72,11 +72,11 @@ class Worker(_GunicornWorker):  # type: ignore[misc]  # gunicorn ships no type h
     def init_process(self) -> None:
         # Checked again here, before the application loads: SIGHUP reloads the settings and
         # starts new workers without asking check_config.
-        try:
-            self._options = options(self.cfg)
-        except ConfigError as exc:
-            self.log.error("%s", exc)
+        line = refusal(self.cfg)
+        if line is not None:
+            self.log.error("%s", line)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        self._options = options(self.cfg)
         super().init_process()
 
     def run(self) -> None:
