@@ -39,6 +39,10 @@ class ServerHooks:
     # Called with each request before the application sees it; False means the hook has
     # answered the request itself (a refusal) and the application is not called.
     on_request: Callable[[RequestCycle], bool] | None = None
+    # Called with each response once it is finished or broken off (not with a refusal the
+    # server answers before the application, nor a WebSocket upgrade). Unset, the server builds
+    # connections without the call, so it costs a request nothing.
+    on_response: Callable[[RequestCycle], None] | None = None
     # Stop accepting while every WSGI thread is busy, so a sibling process sharing the socket
     # takes the connection instead of it queueing here.
     pause_when_busy: bool = False

@@ -41,7 +41,7 @@ from dualgate.logs import error_logger
 from dualgate.logsetup import configure_logging
 from dualgate.metrics.answers import MetricsEndpoint
 from dualgate.metrics.counters import Metrics
-from dualgate.metrics.metered import LagProbe, MeteredHTTPProtocol
+from dualgate.metrics.metered import LagProbe
 from dualgate.metrics.snapshot import Stats
 from dualgate.net.acceptor import Acceptor
 from dualgate.net.listeners import Listeners, describe_address, listen_on, open_listeners
@@ -168,7 +168,7 @@ class Server:
         handler, description = await self._wiring.build(loop)
         metrics = self._metrics
         self.state = state = ServerState(config, handler, self._tls, metrics)
-        http = MeteredHTTPProtocol if metrics.metered else HTTPProtocol
+        http = self._wiring.protocol()
         tls: dict[str, Any] = {}
         protocol_factory: Callable[[], asyncio.BaseProtocol]
         if config.proxy_protocol:

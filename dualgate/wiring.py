@@ -1,6 +1,7 @@
 """The request handler of one server, wired from its Config: the applications (under their
-mounts), the WSGI thread pool, ASGI lifespan, the metered wiring, the health check, and a
-process manager's per-request hook.
+mounts), the WSGI thread pool, ASGI lifespan, the metered wiring, the health check, a process
+manager's per-request hook, and the connection class (`protocol`: metered, and telling a
+process manager of each finished response, each only when asked for).
 
 Built once at start-up, on the server's loop, and taken down once at its end; the server itself
 only binds, serves and stops. Nothing here is built that the Config does not ask for, so neither
@@ -11,18 +12,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from dualgate.asgi.handler import ASGIHandler, Lifespan
 from dualgate.config import Config, LoadedApp, load_app
 from dualgate.errors import ConfigError
 from dualgate.hooks import ServerHooks
+from dualgate.http.connection import HTTPProtocol
 from dualgate.http.cycle import RequestCycle
 from dualgate.http.state import RequestHandler
 from dualgate.logs import error_logger
 from dualgate.metrics.answers import health_first
 from dualgate.metrics.counters import Metrics
-from dualgate.metrics.metered import tagged
+from dualgate.metrics.metered import MeteredHTTPProtocol, tagged
 from dualgate.mounts import MountRouter
 from dualgate.ws.handshake import websockets_unavailable
 from dualgate.wsgi.pool import CountingThreadPool, PoolWarning, ThreadPool
@@ -72,6 +74,20 @@ class Wiring:
         if self.pool is not None and config.pool_warning_interval > 0:
             self.pool_warning = PoolWarning(self.pool, config.pool_warning_interval)
         return handler, description
+
+    def protocol(self) -> type[HTTPProtocol]:
+        """The class of every application connection: metered.py's while metrics are on, and
+        one telling `hooks.on_response` of each finished response only while that is set."""
+        http = MeteredHTTPProtocol if self.metrics.metered else HTTPProtocol
+        if self.hooks.on_response is None:
+            return http
+        # A class per server: the hook rides on it, not on every connection.
+        reporting = type(
+            "Reporting" + http.__name__,
+            (_Reporting, http),
+            {"_report": staticmethod(self.hooks.on_response)},
+        )
+        return cast(type[HTTPProtocol], reporting)
 
     async def stop_lifespans(self) -> None:
         lifespans, self._lifespans = self._lifespans, []
@@ -163,3 +179,18 @@ def _counted(handler: RequestHandler, on_request: Callable[[RequestCycle], bool]
             handler(cycle)
 
     return counted
+
+
+class _Reporting(HTTPProtocol):
+    """Tells `_report` of each response as it ends, before the connection moves on (so
+    pipelined responses are told in order)."""
+
+    _report: Callable[[RequestCycle], None]
+
+    def response_done(self, cycle: RequestCycle) -> None:
+        self._report(cycle)
+        super().response_done(cycle)
+
+    def response_failed(self, cycle: RequestCycle) -> None:
+        self._report(cycle)
+        super().response_failed(cycle)

@@ -43,7 +43,7 @@ def application(environ, start_response):
     return [body]
 """
 
-PORT_LINE = re.compile(r"(?:listening on|Listening at:) http://127\.0\.0\.1:(\d+)")
+PORT_LINE = re.compile(r"(?:listening on|Listening at:) https?://127\.0\.0\.1:(\d+)")
 
 
 def write_app(directory: Path, version: str = "1", name: str = "pidapp") -> None:
@@ -87,19 +87,26 @@ class Process:
         cwd: Path,
         env: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
+        stdout: Path | None = None,
     ) -> None:
         full_env = dict(os.environ)
         full_env.update(env or {})
-        self.process = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            pass_fds=tuple(pass_fds),
-        )
+        # stdout goes to a file when asked (what a server logs there: gunicorn's access log).
+        out = open(stdout, "wb") if stdout is not None else None  # noqa: SIM115 - closed below
+        try:
+            self.process = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=out if out is not None else subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                pass_fds=tuple(pass_fds),
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child has its own copy
         self.pid = self.process.pid
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
