@@ -147,14 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="KEY=VALUE lines put into the application's environment before it is imported "
         "(the real environment wins); DUALGATE_* ones are settings too (or "
-        f"{ENV_FILE_VARIABLE}; default: none)",
+        f"{ENV_FILE_VARIABLE}) (default: none)",
     )
     sources.add_argument(
         "--config",
         metavar="FILE",
         default=argparse.SUPPRESS,
         help="a TOML file of settings by long flag name, e.g. port = 8080 (or "
-        f"{CONFIG_VARIABLE}; default: none)",
+        f"{CONFIG_VARIABLE}) (default: none)",
     )
     sources.add_argument(
         "--print-config",
