@@ -19,16 +19,34 @@ from typing import Any, Literal
 from dualgate.edge.forwarded import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_list
 
 # Re-exported: `from dualgate.config import ConfigError` is how users have caught them.
-from dualgate.errors import AppLoadError, ConfigError
+from dualgate.errors import AppLoadError, ConfigError, application_traceback
+from dualgate.http.grammar import BAD_VALUE_TEXT, TOKEN_TEXT
 from dualgate.logs import AccessFormat
+
+# Re-exported: what an address on the command line says is net/addresses.py's.
+from dualgate.net.addresses import (
+    Address,
+    InheritedSocket,
+    TCPAddress,
+    UnixAddress,
+    parse_bind,
+    parse_host_port,
+)
 
 __all__ = [
     "LOG_CONFIG_KINDS",
+    "SECTIONS",
+    "Address",
     "AppLoadError",
     "Config",
     "ConfigError",
+    "InheritedSocket",
     "LoadedApp",
+    "TCPAddress",
+    "UnixAddress",
     "load_app",
+    "parse_bind",
+    "parse_header",
     "parse_host_port",
 ]
 
@@ -50,18 +68,39 @@ LOG_CONFIG_KINDS = {
 }
 
 
+# The topics the settings are grouped by, in the order --help and --print-config show them.
+# Each field belongs to the section `_section` opened last above it in Config's body.
+SECTIONS = {
+    "app": "the application",
+    "bind": "where to listen",
+    "http": "HTTP limits and timeouts",
+    "logging": "logging",
+    "responses": "response headers",
+    "processes": "processes: supervisor and workers, restarts, reload",
+    "edge": "at the edge: proxy headers, PROXY protocol, TLS",
+    "ws": "WebSockets (ASGI applications)",
+    "metrics": "metrics and health",
+}
+_open_section = ["app"]  # only changes while Config's body runs, at import
+
+
+def _section(name: str) -> None:
+    if name not in SECTIONS:
+        raise KeyError(f"no section {name!r} in SECTIONS")
+    _open_section[0] = name
+
+
 def _setting(default: Any, help: str, *, flag: bool = True, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag, **extra})
+    metadata = {"help": help, "flag": flag, "section": _open_section[0], **extra}
+    return field(default=default, metadata=metadata)
 
 
 def _setting_from(
     factory: Callable[[], Any], help: str, *, shown: str, flag: bool = True, **extra: Any
 ) -> Any:
     """A setting whose default is computed when a Config is made (`shown` goes in --help)."""
-    return field(
-        default_factory=factory,
-        metadata={"help": help, "flag": flag, "shown_default": shown, **extra},
-    )
+    metadata = {"help": help, "flag": flag, "shown_default": shown, "section": _open_section[0]}
+    return field(default_factory=factory, metadata={**metadata, **extra})
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -114,18 +153,31 @@ def _ciphers(name: str, value: str | None) -> None:
             raise ConfigError(f"{name}: {exc}") from None
 
 
-def parse_host_port(text: str) -> tuple[str, int]:
-    """HOST:PORT, with an IPv6 host in brackets ([::1]:9100); ValueError says what is wrong."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"takes HOST:PORT (e.g. 127.0.0.1:9100 or [::1]:9100), got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"an IPv6 host goes in brackets ([::1]:9100), got {text!r}")
-    if not host or int(port) > 65535:
-        raise ValueError(f"takes HOST:PORT with a port up to 65535, got {text!r}")
-    return host, int(port)
+def _bind(name: str, value: tuple[str, ...]) -> None:
+    for entry in value:
+        try:
+            parse_bind(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {exc}") from None
+
+
+def parse_header(text: str) -> tuple[bytes, bytes]:
+    """One --header NAME:VALUE as the response carries it (ValueError says what is wrong)."""
+    name, sep, value = text.partition(":")
+    value = value.strip(" \t")
+    if not sep or not TOKEN_TEXT.fullmatch(name):
+        raise ValueError(f"takes NAME:VALUE with NAME a header name, got {text!r}")
+    if BAD_VALUE_TEXT.search(value) or not value.isascii():
+        raise ValueError(f"takes a header value of printable ASCII, got {text!r}")
+    return name.lower().encode("ascii"), value.encode("ascii")
+
+
+def _headers(name: str, value: tuple[str, ...]) -> None:
+    for entry in value:
+        try:
+            parse_header(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {exc}") from None
 
 
 def _host_port(name: str, value: str | None) -> None:
@@ -172,8 +224,18 @@ def _forwarded_allow_ips() -> str:
 
 @dataclass(frozen=True)
 class Config:
+    _section("app")
     app: str | Callable[..., Any] | None = _setting(
         None, "the application as MODULE:ATTR, for example hello:application", flag=False
+    )
+
+    _section("bind")
+    bind: tuple[str, ...] = _setting(
+        (),
+        "listen on ADDRESS: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeatable, for one "
+        "server on several listeners (instead of --host/--port, --uds, --fd)",
+        check=_bind,
+        metavar="ADDRESS",
     )
     host: str = _setting("127.0.0.1", "address to bind")
     port: int = _setting(
@@ -181,6 +243,9 @@ class Config:
     )
     uds: str | None = _setting(None, "bind a unix domain socket at this path instead of host/port")
     fd: int | None = _setting(None, "serve on this already-listening inherited socket descriptor")
+    backlog: int = _setting(2048, "listen backlog of the server socket", check=_positive)
+
+    _section("app")
     interface: Interface = _setting(
         "auto", "application interface; auto detects it once at start-up"
     )
@@ -193,8 +258,11 @@ class Config:
         metavar="PREFIX=MODULE:ATTR",
     )
     root_path: str = _setting("", "path prefix the app is mounted under (SCRIPT_NAME / root_path)")
+    lifespan: Lifespan = _setting("auto", "ASGI lifespan protocol: auto, on or off")
+    loop: LoopName = _setting("auto", "event loop: uvloop when installed (auto), or asyncio")
     threads: int = _setting(16, "pool threads running WSGI applications", check=_positive)
-    backlog: int = _setting(2048, "listen backlog of the server socket", check=_positive)
+
+    _section("http")
     limit_concurrency: int = _setting(
         1000,
         "most open connections; beyond it a new connection gets 503 and a close",
@@ -236,9 +304,8 @@ class Config:
         "before a worker waits)",
         check=_positive,
     )
-    lifespan: Lifespan = _setting("auto", "ASGI lifespan protocol: auto, on or off")
-    loop: LoopName = _setting("auto", "event loop: uvloop when installed (auto), or asyncio")
-    # -- logging (logs.py, logsetup.py); README "Logging" lists the access fields and atoms --
+
+    _section("logging")
     log_level: LogLevel = _setting(
         "info", "level of the dualgate.error logger (a level --log-config gives it wins)"
     )
@@ -259,9 +326,22 @@ class Config:
         check=_access_log_format,
         metavar="FORMAT",
     )
+
+    _section("responses")
     server_header: bool = _setting(True, "send a Server header")
     date_header: bool = _setting(True, "send a Date header")
-    # -- processes: supervisor and workers, restarts, reload (supervisor.py, reload.py) ------
+    header: tuple[str, ...] = _setting(
+        (),
+        "add the header NAME:VALUE to every response, after the application's own; "
+        "repeatable (a Server or Date one replaces dualgate's)",
+        check=_headers,
+        metavar="NAME:VALUE",
+        # A header value may hold commas: from the environment, one header a line.
+        env_separator="\n",
+    )
+
+    # Supervisor and workers, restarts, reload (procs/supervisor.py, procs/reload.py).
+    _section("processes")
     workers: int | None = _setting(
         None,
         "serve from this many worker processes under a supervisor (default: one process, "
@@ -301,9 +381,15 @@ class Config:
     reload_exclude: tuple[str, ...] = _setting(
         (), "file or directory pattern --reload ignores; repeatable", metavar="GLOB"
     )
+    pid: str | None = _setting(
+        None,
+        "write the process id (with --workers: the supervisor's) to this file, removed at exit",
+        metavar="FILE",
+    )
 
-    # -- at the edge: proxy headers, PROXY protocol, TLS (proxy_headers.py, proxy_protocol.py,
-    #    tls.py); README "Behind a proxy" and "TLS" tell the rules.
+    # edge/forwarded.py, edge/proxy_protocol.py, edge/tls.py; README "Behind a proxy" and
+    # "TLS" tell the rules.
+    _section("edge")
     proxy_headers: bool = _setting(
         True,
         "take the client address, scheme and host from X-Forwarded-* and Forwarded headers "
@@ -331,7 +417,9 @@ class Config:
     ssl_keyfile: str | None = _setting(
         None, "PEM private key of --ssl-certfile, when it is not in that file"
     )
-    ssl_keyfile_password: str | None = _setting(None, "password of an encrypted private key")
+    ssl_keyfile_password: str | None = _setting(
+        None, "password of an encrypted private key", secret=True
+    )
     ssl_ca_certs: str | None = _setting(
         None, "PEM file of the CA certificates client certificates are checked against"
     )
@@ -344,7 +432,8 @@ class Config:
         None, "OpenSSL cipher list for TLS 1.2 (default: Python's)", check=_ciphers
     )
 
-    # -- WebSockets (ASGI applications; served by dualgate/ws/protocol.py over wsproto) --------
+    # Served by ws/protocol.py over wsproto.
+    _section("ws")
     ws: WebSockets = _setting(
         "auto",
         "WebSockets for ASGI apps: auto (when wsproto is installed), wsproto (required), none",
@@ -382,8 +471,8 @@ class Config:
         check=_positive,
     )
 
-    # -- metrics and health (metrics.py, metered.py, endpoint.py); README "Metrics" and
-    #    "Health" list every figure and say what each costs.
+    # metrics/; README "Metrics" and "Health" list every figure and say what each costs.
+    _section("metrics")
     metrics_address: str | None = _setting(
         None,
         "serve Prometheus metrics at http://HOST:PORT/metrics, answered by the event loop "
@@ -414,12 +503,38 @@ class Config:
             raise ConfigError("an application (MODULE:ATTR) or at least one --mount is needed")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError("--root-path must start with / and not end with /")
+        self._check_binding()
         self._check_tls()
         self._check_processes()
+
+    def addresses(self) -> list[Address]:
+        """Where this server listens: every --bind; else --fd, --uds, or --host and --port."""
+        if self.bind:
+            return [parse_bind(entry) for entry in self.bind]
+        if self.fd is not None:
+            return [InheritedSocket(self.fd)]
+        if self.uds is not None:
+            return [UnixAddress(self.uds)]
+        return [TCPAddress(self.host, self.port)]
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        """The --header ones, as every response carries them."""
+        return [parse_header(entry) for entry in self.header]
+
+    def _check_binding(self) -> None:
+        if not self.bind:
+            return
+        if self.uds is not None or self.fd is not None:
+            raise ConfigError("--bind names every address: not with --uds or --fd")
+        defaults = {item.name: item.default for item in dataclasses.fields(self)}
+        if self.host != defaults["host"] or self.port != defaults["port"]:
+            raise ConfigError("--bind names every address: not with --host or --port")
 
     def _check_processes(self) -> None:
         if self.reuse_port and (self.uds is not None or self.fd is not None):
             raise ConfigError("--reuse-port binds host and port itself; not with --uds or --fd")
+        if self.reuse_port and not all(isinstance(a, TCPAddress) for a in self.addresses()):
+            raise ConfigError("--reuse-port binds each TCP address itself; not with unix: or fd://")
         if self.start_method == "spawn" and self.app is not None and not isinstance(self.app, str):
             raise ConfigError(
                 "--start-method spawn imports the application in each worker: give it as "
@@ -466,7 +581,8 @@ def load_app(target: str | Callable[..., Any], config: Config) -> LoadedApp:
                 app = app()
             except Exception as exc:
                 raise AppLoadError(
-                    f"the factory {target} raised {type(exc).__name__}: {exc}"
+                    f"the factory {target} raised {type(exc).__name__}: {exc}",
+                    traceback=application_traceback(exc, __file__),
                 ) from exc
     else:
         app, source = target, getattr(target, "__qualname__", repr(target))
@@ -509,10 +625,15 @@ def _import_from_string(target: str, app_dir: str) -> Any:
             raise AppLoadError(
                 f"could not import module {module_name!r} (looked in {path})"
             ) from exc
-        raise AppLoadError(f"importing {module_name!r} failed: {exc}") from exc
+        # An import inside it failed: where is the application's business (file and line).
+        raise AppLoadError(
+            f"importing {module_name!r} failed: {exc}",
+            traceback=application_traceback(exc, __file__),
+        ) from exc
     except Exception as exc:
         raise AppLoadError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",
+            traceback=application_traceback(exc, __file__),
         ) from exc
     instance: Any = module
     for attr in attrs.split("."):

@@ -59,10 +59,12 @@ def test_failing_import_inside_module_is_not_reported_as_missing(app_dir: Path) 
     missing = the_one_line(
         *run_cli("dualgate_missing_mod:application", "--app-dir", str(app_dir), cwd=app_dir)
     )
-    broken = the_one_line(
-        *run_cli("broken_import:application", "--app-dir", str(app_dir), cwd=app_dir)
-    )
-    # The real culprit is named, and the message is not the "module missing" one.
+    code, stderr = run_cli("broken_import:application", "--app-dir", str(app_dir), cwd=app_dir)
+    # The import that failed is shown where it is (file and line), then the one line, which
+    # names the real culprit and is not the "module missing" one.
+    assert code == 1, stderr
+    assert f'File "{app_dir / "broken_import.py"}", line 1, in <module>' in stderr, stderr
+    broken = stderr.strip().splitlines()[-1]
     assert "dualgate_no_such_dependency" in broken, broken
     assert broken.replace("broken_import", "M") != missing.replace("dualgate_missing_mod", "M")
 

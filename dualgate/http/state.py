@@ -61,14 +61,20 @@ class ServerState:
         self.access_log = access_logger.isEnabledFor(logging.INFO)
         self.default_headers: Headers = []
         self.default_head = b""
+        # --header: parsed once; one named Server or Date takes the place of dualgate's.
+        self._added = config.response_headers()
+        named = {name for name, _ in self._added}
+        self._date = config.date_header and b"date" not in named
+        self._server = config.server_header and b"server" not in named
         self.update_date()
 
     def update_date(self) -> None:
         """Called once a second by the server, so no request formats a date."""
         headers: Headers = []
-        if self.config.date_header:
+        if self._date:
             headers.append((b"date", formatdate(time.time(), usegmt=True).encode("ascii")))
-        if self.config.server_header:
+        if self._server:
             headers.append((b"server", b"dualgate"))
+        headers += self._added
         self.default_headers = headers
         self.default_head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)

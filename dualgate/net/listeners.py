@@ -1,11 +1,13 @@
 """The listening sockets of a server, or of a supervisor and its workers, bound once before any
 worker starts: the one binding path, whether one process serves or many.
 
-Where they come from, first match wins: systemd socket activation (LISTEN_FDS), `--fd`,
-`--uds`, or `--host`/`--port` (every address the name resolves to, as asyncio's create_server
-binds them). With `--reuse-port` and workers the supervisor only reserves the port (bound,
-never listening, so the kernel hands it no connection) and each worker binds and listens on its
-own socket; one process alone listens as without it. `listen_on` binds a metrics listener.
+Where they come from: systemd socket activation (LISTEN_FDS) when there is some, else every
+address of `Config.addresses()`: each `--bind` (one server on several listeners), or else the
+one that `--fd`, `--uds` or `--host`/`--port` names. A host name binds every address it
+resolves to, as asyncio's create_server does. With `--reuse-port` and workers the supervisor
+only reserves each TCP port (bound, never listening, so the kernel hands it no connection) and
+each worker binds and listens on its own socket; one process alone listens as without it.
+`listen_on` binds a metrics listener.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dualgate.config import Config
 from dualgate.errors import ConfigError
+from dualgate.net.addresses import InheritedSocket, TCPAddress
 from dualgate.net.systemd import listen_sockets
 
 __all__ = ["Listeners", "bind_reuse_port", "describe_address", "listen_on", "open_listeners"]
@@ -30,16 +33,17 @@ class Listeners:
     # non-listening sockets that keep those ports reserved.
     reuse_port: list[tuple[int, tuple[object, ...]]]
     reserved: list[socket.socket]
-    # A unix socket path this process created, removed when the supervisor stops.
-    unix_path: str | None = None
+    # The unix socket paths this process created, removed when it stops.
+    unix_paths: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         """Close this process's handles (idempotent); workers may still hold theirs."""
         for sock in self.shared + self.reserved:
             sock.close()
-        if self.unix_path is not None and _is_socket(self.unix_path):
-            os.unlink(self.unix_path)
-            self.unix_path = None
+        for path in self.unix_paths:
+            if _is_socket(path):
+                os.unlink(path)
+        self.unix_paths.clear()
 
 
 def open_listeners(config: Config, *, workers: bool = True) -> Listeners:
@@ -50,16 +54,25 @@ def open_listeners(config: Config, *, workers: bool = True) -> Listeners:
         if per_worker:
             raise ConfigError("--reuse-port cannot be used with sockets passed by systemd")
         return Listeners(activated, [], [])
-    if config.fd is not None:
-        return Listeners([socket.socket(fileno=config.fd)], [], [])
-    if config.uds is not None:
-        return Listeners([_bind_unix(config.uds, config.backlog)], [], [], config.uds)
-    if per_worker:
-        reserved = _bind_all(config.host, config.port, reuse_port=True)
-        # Port 0 is resolved once, here: every worker binds the port the supervisor got.
-        addresses = [(int(sock.family), tuple(sock.getsockname())) for sock in reserved]
-        return Listeners([], addresses, reserved)
-    return Listeners(listen_on(config.host, config.port, config.backlog), [], [])
+    listeners = Listeners([], [], [])
+    try:
+        for address in config.addresses():
+            if isinstance(address, InheritedSocket):
+                listeners.shared.append(socket.socket(fileno=address.fd))
+            elif not isinstance(address, TCPAddress):
+                listeners.shared.append(_bind_unix(address.path, config.backlog))
+                listeners.unix_paths.append(address.path)
+            elif per_worker:
+                reserved = _bind_all(address.host, address.port, reuse_port=True)
+                listeners.reserved += reserved
+                # Port 0 is resolved once, here: every worker binds the port the supervisor got.
+                listeners.reuse_port += [(int(s.family), tuple(s.getsockname())) for s in reserved]
+            else:
+                listeners.shared += listen_on(address.host, address.port, config.backlog)
+    except BaseException:
+        listeners.close()  # what was bound before the one that failed
+        raise
+    return listeners
 
 
 def listen_on(host: str, port: int, backlog: int) -> list[socket.socket]:

@@ -3,9 +3,11 @@
 Up, one pipe per worker, one byte per message: READY once the application is loaded and ASGI
 lifespan start-up is done, BEAT from the worker's event loop every heartbeat interval (a
 blocked loop goes quiet, which a side thread would hide), RETIRING when --limit-max-requests is
-reached. With --metrics-address each BEAT is followed by a SNAPSHOT of the worker's figures
-(the byte, a 4-byte big-endian length, the Stats as JSON), and a last one goes out once the
-server has stopped. A byte of no known kind is skipped.
+reached, HOPELESS just before it exits when it cannot start for a reason no retry mends (the
+application cannot be imported, a setting is wrong). With --metrics-address each BEAT is
+followed by a SNAPSHOT of the worker's figures (the byte, a 4-byte big-endian length, the Stats
+as JSON), and a last one goes out once the server has stopped. A byte of no known kind is
+skipped.
 
 Down, signals: SIGTERM stops a worker gracefully and a second one forces; SIGINT is ignored by
 workers (Ctrl-C reaches the whole process group, and the supervisor decides what it means);
@@ -24,6 +26,7 @@ from dualgate.metrics.snapshot import Stats
 __all__ = [
     "BEAT",
     "DUMP_SIGNAL",
+    "HOPELESS",
     "READY",
     "RETIRING",
     "SNAPSHOT",
@@ -42,12 +45,14 @@ class Kind(enum.Enum):
     BEAT = b"."
     RETIRING = b"M"
     SNAPSHOT = b"S"
+    HOPELESS = b"X"
 
 
 READY = Kind.READY.value
 BEAT = Kind.BEAT.value
 RETIRING = Kind.RETIRING.value
 SNAPSHOT = Kind.SNAPSHOT.value
+HOPELESS = Kind.HOPELESS.value
 _KINDS = {kind.value: kind for kind in Kind}
 _LENGTH = 4  # bytes of a snapshot's length, big-endian
 

@@ -25,6 +25,10 @@ Only STARTING and READY workers count towards --workers. The supervisor as a who
   after `backoff` (0.25, 0.5, 1, 2 s, ...); after MAX_FAILED_STARTS the supervisor gives up with
   EXIT_WORKERS_FAILED, except during a replacement, which is then abandoned while the older
   generation keeps serving. Under --reload a failed start waits for the next change instead.
+- A worker of the first generation that said it is hopeless (the application cannot be
+  imported, a setting is wrong: every retry would fail alike) stops the supervisor at once with
+  that worker's exit code; nothing was serving yet, so there is nothing to keep. In a later
+  generation it is a failed start like any other, and the older generation keeps serving.
 - A STARTING worker not ready within the health-check time, or a READY one whose heartbeats
   stopped for as long, is asked for its tracebacks (DUMP_SIGNAL) and killed DUMP_WAIT later;
   a DRAINING one is killed once its graceful time and EXIT_GRACE are over.
@@ -38,7 +42,7 @@ import signal
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from dualgate.errors import EXIT_WORKERS_FAILED
+from dualgate.errors import EXIT_APP_LOAD, EXIT_WORKERS_FAILED
 from dualgate.hooks import STOP_SIGNALS
 from dualgate.logs import error_logger
 from dualgate.metrics.snapshot import RESTART_REASONS
@@ -125,6 +129,8 @@ class WorkerFacts:
     asked_to_stop: bool = False
     # Why it is going, once it is: a restart reason (RESTART_REASONS), "stop" or "scale_down".
     exit_reason: str | None = None
+    # It said that it cannot start for a reason no retry mends (messages.HOPELESS).
+    hopeless: bool = False
 
 
 @dataclass(frozen=True)
@@ -218,6 +224,10 @@ class Policy(Generic[W]):
             worker.exit_reason = "max_requests"
             worker.kill_at = now + self.graceful_timeout + EXIT_GRACE
 
+    def hopeless(self, worker: W) -> None:
+        """It cannot start for a reason no retry mends; it is about to exit."""
+        worker.hopeless = True
+
     def start_failed(self, now: float) -> list[Action]:
         """A worker could not even be started (fork or spawn failed)."""
         return self._failed_start(now, 1)
@@ -229,6 +239,10 @@ class Policy(Generic[W]):
         actions: list[Action] = []
         if worker.asked_to_stop:
             error_logger.info("Worker %d stopped (%s)", worker.pid, how)
+        elif worker.state is _STARTING and self._final(worker):
+            error_logger.error("Worker %d failed to start (%s): not retrying", worker.pid, how)
+            self.exit_code = code if code > 0 else EXIT_APP_LOAD
+            return self.stop("A first start that cannot succeed", now)
         elif worker.state is _STARTING:
             error_logger.error("Worker %d failed to start (%s)", worker.pid, how)
             reason = reason or "failed_start"
@@ -241,6 +255,11 @@ class Policy(Generic[W]):
         if reason in RESTART_REASONS and not self.stopping:
             self.restarts[reason] = self.restarts.get(reason, 0) + 1
         return actions
+
+    def _final(self, worker: W) -> bool:
+        """A failed start not to retry: a hopeless one before anything served (not under
+        --reload, which waits for the code to change instead)."""
+        return worker.hopeless and self.mode is Mode.STARTING and not self.reloading
 
     # -- what signals ask for ---------------------------------------------------------------
 

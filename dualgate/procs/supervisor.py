@@ -331,6 +331,8 @@ class Supervisor:
                 self.policy.ready(worker, now)
             elif message.kind is Kind.RETIRING:
                 self.policy.retiring(worker, now)
+            elif message.kind is Kind.HOPELESS:
+                self.policy.hopeless(worker)
         if problem is not None:
             # Nothing after it can be framed: the rest is dropped, the worker kept.
             error_logger.error("Worker %d sent %s", worker.pid, problem)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import dualgate.version
 from dualgate.config import Config
-from dualgate.errors import EXIT_APP_LOAD, report, reporting_failures
+from dualgate.errors import EXIT_APP_LOAD, AppLoadError, ConfigError, report, reporting_failures
 from dualgate.hooks import ServerFactory, ServerHooks, Serving
 from dualgate.logs import error_logger
 from dualgate.logsetup import configure_logging
@@ -35,6 +35,7 @@ from dualgate.procs.messages import (
     BEAT,
     BLOCKED_AROUND_START,
     DUMP_SIGNAL,
+    HOPELESS,
     READY,
     RETIRING,
     snapshot_message,
@@ -220,7 +221,16 @@ def serve(spec: WorkerSpec) -> int:
         serve_metrics=False,
     )
     server = spec.serve(config, sockets=sockets, hooks=hooks)
-    code = reporting_failures(server.run)
+
+    def run() -> int:
+        try:
+            return server.run()
+        except (AppLoadError, ConfigError):
+            # The next worker would fail the same way: the supervisor decides what that means.
+            channel.send_last(HOPELESS, timeout=1.0)
+            raise
+
+    code = reporting_failures(run)
     if metered:
         # The last figures, so that the supervisor's sums lose nothing of a worker that stops.
         channel.send_last(snapshot_message(server.stats()), timeout=1.0)

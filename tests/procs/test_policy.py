@@ -235,6 +235,42 @@ def test_under_reload_a_failed_start_waits_for_the_next_change() -> None:
     assert fleet.policy.healthy() and fleet.gave_up == []
 
 
+def test_a_first_generation_that_cannot_import_the_app_stops_at_once_with_its_code() -> None:
+    fleet = Fleet(target=3)
+    first, second, third = fleet.step()
+    fleet.ready(first)  # one ready does not make the first start over
+    fleet.policy.hopeless(second)
+    fleet.exit(second, 1)
+    assert fleet.policy.mode is Mode.STOPPING
+    assert fleet.policy.exit_code == 1, "the worker's own exit code, not EXIT_WORKERS_FAILED"
+    assert fleet.gave_up == [] and fleet.policy.failures == 0
+    assert set(fleet.terms()) == {first.pid, third.pid}
+    assert fleet.notified[-1] == "STOPPING=1"
+    assert fleet.step(fleet.now + 100) == [], "no retry"
+
+
+def test_a_hopeless_worker_in_a_later_generation_keeps_the_old_one_serving() -> None:
+    fleet = Fleet(target=1)
+    (old,) = fleet.step()
+    fleet.ready(old)
+    fleet.step()
+    fleet.carry_out(fleet.policy.replace("SIGHUP received"))
+    (new,) = fleet.step()
+    fleet.policy.hopeless(new)
+    fleet.exit(new, 1)
+    assert fleet.policy.mode is Mode.REPLACING and fleet.policy.exit_code == 0
+    assert fleet.policy.failures == 1, "a failed start like any other: retried after back-off"
+    assert fleet.terms() == []
+
+
+def test_under_reload_a_hopeless_first_start_waits_for_a_change() -> None:
+    fleet = Fleet(target=1, reloading=True)
+    (worker,) = fleet.step()
+    fleet.policy.hopeless(worker)
+    fleet.exit(worker, 1)
+    assert fleet.policy.mode is Mode.WAITING and fleet.policy.exit_code == 0
+
+
 def test_a_worker_retiring_after_max_requests_is_replaced_at_once() -> None:
     fleet = Fleet(target=1)
     (worker,) = fleet.step()

@@ -128,11 +128,22 @@ def test_sighup_with_code_that_cannot_start_keeps_the_old_workers(tmp_path: Path
         assert answer(port).version == "2"
 
 
+# Imported fine, but its start-up fails every time: a database that is not there yet may be
+# there at the next try, so the supervisor retries (an import that fails is final, below).
+CRASH_APP = """
+async def application(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await receive()
+        raise RuntimeError("no database")
+"""
+
+
 def test_crash_looping_app_gives_up_with_its_own_exit_code(tmp_path: Path) -> None:
-    (tmp_path / "crash.py").write_text("raise RuntimeError('no database')\n")
+    (tmp_path / "crash.py").write_text(CRASH_APP)
     bound = sum(backoff(n) for n in range(1, MAX_FAILED_STARTS)) + MAX_FAILED_STARTS * 2.0
     started = time.monotonic()
-    process = Process(dualgate_argv("crash:application", "--port", "0", "--workers", "2"), tmp_path)
+    args = ("crash:application", "--port", "0", "--workers", "2", "--lifespan", "on")
+    process = Process(dualgate_argv(*args), tmp_path)
     try:
         code = process.wait(timeout=bound + 10)
     finally:
@@ -143,7 +154,7 @@ def test_crash_looping_app_gives_up_with_its_own_exit_code(tmp_path: Path) -> No
     errors = [line for line in process.lines if line.startswith("dualgate: error: workers")]
     assert errors == [
         f"dualgate: error: workers failed to start {MAX_FAILED_STARTS} times in a row "
-        "(last: exit code 1); giving up\n"
+        "(last: exit code 3); giving up\n"
     ], process.stderr
     assert "no database" in process.stderr
     assert not process.children()
