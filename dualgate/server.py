@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dualgate.apps.wiring import Wiring
 from dualgate.config import Config, parse_host_port
 from dualgate.edge.preamble import EdgeProtocol
 from dualgate.edge.tls import TLSContextHolder
@@ -46,7 +47,6 @@ from dualgate.metrics.snapshot import Stats
 from dualgate.net.acceptor import Acceptor
 from dualgate.net.listeners import Listeners, describe_address, listen_on, open_listeners
 from dualgate.version import __version__
-from dualgate.wiring import Wiring
 
 __all__ = ["Server", "ServerHooks"]
 

@@ -14,8 +14,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
+from dualgate.apps.loading import LoadedApp, load_app
+from dualgate.apps.mounts import MountRouter
 from dualgate.asgi.handler import ASGIHandler, Lifespan
-from dualgate.config import Config, LoadedApp, load_app
+from dualgate.config import Config
 from dualgate.errors import ConfigError
 from dualgate.hooks import ServerHooks
 from dualgate.http.connection import HTTPProtocol
@@ -25,7 +27,6 @@ from dualgate.logs import error_logger
 from dualgate.metrics.answers import health_first
 from dualgate.metrics.counters import Metrics
 from dualgate.metrics.metered import MeteredHTTPProtocol, tagged
-from dualgate.mounts import MountRouter
 from dualgate.ws.handshake import websockets_unavailable
 from dualgate.wsgi.pool import CountingThreadPool, PoolWarning, ThreadPool
 from dualgate.wsgi.threads import WSGIHandler
