@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -23,6 +24,7 @@ __all__ = ["AppLoadError", "Config", "ConfigError", "LoadedApp", "load_app", "pa
 Interface = Literal["auto", "asgi", "wsgi"]
 Lifespan = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
+HTTPParser = Literal["auto", "h11", "httptools"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 StartMethod = Literal["fork", "spawn"]
 WebSockets = Literal["auto", "wsproto", "none"]
@@ -58,6 +60,13 @@ def _positive(name: str, value: float | None) -> None:
 def _non_negative(name: str, value: float | None) -> None:
     if value is not None and value < 0:
         raise ConfigError(f"{name} must be 0 or more, got {value}")
+
+
+def _http_parser(name: str, value: str) -> None:
+    # Checked here, not when the first connection comes: a missing parser is a setting that
+    # cannot run, told in one line before the server binds.
+    if value == "httptools" and importlib.util.find_spec("httptools") is None:
+        raise ConfigError(f"{name} httptools: httptools is not installed (pip install httptools)")
 
 
 def _port(name: str, value: int) -> None:
@@ -203,6 +212,12 @@ class Config:
     )
     lifespan: Lifespan = _setting("auto", "ASGI lifespan protocol: auto, on or off")
     loop: LoopName = _setting("auto", "event loop: uvloop when installed (auto), or asyncio")
+    http: HTTPParser = _setting(
+        "auto",
+        "request head parser: httptools (llhttp, less CPU) when installed (auto), or h11; "
+        "both give the same answers",
+        check=_http_parser,
+    )
     log_level: LogLevel = _setting("info", "level of the dualgate.error logger")
     access_log: bool = _setting(True, "log one line per response to dualgate.access")
     server_header: bool = _setting(True, "send a Server header")

@@ -6,8 +6,9 @@ Owns: the sans-IO request reader, its checks and its two head parsers, h11 and l
 (`connection`), one request and its response (`cycle`), what a connection knows of its peer
 (`peer`), what all connections of a server share (`state`), and the root-path rule (`paths`).
 
-May import: the stdlib, h11, httptools (`heads_llhttp` only), `dualgate.config`, `dualgate.logs`,
-`dualgate.errors`, `dualgate.edge.forwarded` (pure rules) and `dualgate.metrics` (plain figures). Never the
-interfaces (`wsgi`, `asgi`, `ws`), the process layer or the server. `reader`, `checks`,
-`heads`, `heads_llhttp`, `framing` and `grammar` do no I/O.
+May import: the stdlib, h11, httptools (`heads_llhttp` only), `dualgate.config`,
+`dualgate.logs`, `dualgate.errors`, `dualgate.edge.forwarded` (pure rules) and
+`dualgate.metrics` (plain figures). Never the interfaces (`wsgi`, `asgi`, `ws`), the process
+layer or the server. `reader`, `checks`, `heads`, `heads_llhttp`, `framing` and `grammar` do
+no I/O.
 """

@@ -19,6 +19,8 @@ with bytes waiting behind it), or `CLOSED` (the client sent EOF; mid-body, it we
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dualgate.http.checks import (
     ChunkedFraming,
     Framing,
@@ -28,9 +30,21 @@ from dualgate.http.checks import (
     oversized_head,
 )
 from dualgate.http.grammar import Headers
-from dualgate.http.heads import Head, HeadParser, parse_head_h11
+from dualgate.http.heads import Head, HeadParser, head_parser, parse_head_h11
 
-__all__ = ["CLOSED", "END", "NEED_DATA", "PAUSED", "ReaderEvent", "Request", "RequestReader"]
+if TYPE_CHECKING:
+    from dualgate.config import Config
+
+__all__ = [
+    "CLOSED",
+    "END",
+    "NEED_DATA",
+    "PAUSED",
+    "ReaderEvent",
+    "Request",
+    "RequestReader",
+    "reader_for",
+]
 
 
 class _Signal:
@@ -352,6 +366,16 @@ class RequestReader:
     @property
     def eof(self) -> bool:
         return self._eof
+
+
+def reader_for(config: Config) -> RequestReader:
+    """A connection's reader: the limits and the head parser (`--http`) of its server."""
+    return RequestReader(
+        config.max_head_size,
+        config.max_header_fields,
+        config.max_body_size,
+        head_parser(config.http),
+    )
 
 
 def _expects_continue(http_version: bytes, headers: Headers) -> bool:
