@@ -1,12 +1,13 @@
 """Coverage-guided fuzzing of the request reader with atheris (libFuzzer), for a bounded time.
 
     pip install '.[fuzz]'
-    python -m benchmarks.fuzz --seconds 300 [--out DIR] [--merge]
+    python -m benchmarks.fuzz --seconds 300 [--http h11|httptools] [--out DIR] [--merge]
 
 Each input is a byte stream plus fuzzer-chosen cut points and options, checked by
 benchmarks/fuzz_target.py (its docstring lists the invariants: only the documented events,
 nothing after a refusal, body bytes within Content-Length, well-formed heads, the same events
-however the bytes are cut, CLOSED after EOF). The seed corpus is benchmarks/fuzz_corpus/, made
+however the bytes are cut, CLOSED after EOF), with the reader's heads read by h11 (the default)
+or llhttp (`--http httptools`). The seed corpus is benchmarks/fuzz_corpus/, made
 from the differential corpus in tests/corpus/requests/; new inputs go to a scratch directory
 (`--out`, else a temporary one), so a run never changes the repository unless `--merge` asks
 for the inputs that reach new coverage to be added to the seeds.
@@ -20,6 +21,7 @@ was found, 1 when something was, 2 when atheris is missing.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -35,6 +37,9 @@ MAX_LEN = 8192
 PER_INPUT_SECONDS = 10
 RSS_LIMIT_MB = 2048
 CHILD_SLACK = 60.0
+# The head parser the child's readers use; an environment variable, not a flag, because
+# libFuzzer reads the child's command line (and runs it again for -merge).
+HTTP_ENV = "DUALGATE_FUZZ_HTTP"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--merge", action="store_true", help="add inputs that reach new coverage to the seeds"
     )
+    parser.add_argument(
+        "--http",
+        choices=("h11", "httptools"),
+        default="h11",
+        help="the reader's head parser (default h11)",
+    )
     options = parser.parse_args(args)
+    os.environ[HTTP_ENV] = options.http
     try:
         import atheris  # noqa: F401  (only to know it is there: the child runs it)
     except ImportError:
@@ -69,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         f"-artifact_prefix={crashes}/",
         "-print_final_stats=1",
     ]
-    print(f"fuzzing the request reader for {options.seconds} s; log and inputs in {out}")
+    print(
+        f"fuzzing the request reader ({options.http}) for {options.seconds} s; "
+        f"log and inputs in {out}"
+    )
     finished = _run_child([*flags, str(corpus), str(SEEDS)], log, options.seconds + CHILD_SLACK)
     print(_summary(log.read_text(errors="replace")))
     if options.merge:
@@ -108,10 +123,10 @@ def _summary(log: str) -> str:
 
 def _replay(data: bytes) -> str:
     """What one saved input does to the reader, without atheris."""
-    from benchmarks.fuzz_target import run_one
+    from benchmarks.fuzz_target import reader_factory, run_one
 
     try:
-        run_one(data)
+        run_one(data, reader_factory(os.environ.get(HTTP_ENV, "h11")))
     except BaseException:  # a finding: show it whatever it is
         return traceback.format_exc(limit=-3)
     return "passes when replayed (a per-input timeout or memory limit, see fuzz.log)"
@@ -122,12 +137,14 @@ def _child(flags: list[str]) -> int:
 
     # Only what the reader runs is instrumented for coverage.
     with atheris.instrument_imports(include=["dualgate", "h11", "benchmarks.fuzz_target"]):
-        from benchmarks.fuzz_target import run_one
+        from benchmarks.fuzz_target import reader_factory, run_one
+
+    make_reader = reader_factory(os.environ.get(HTTP_ENV, "h11"))
 
     # libFuzzer runs the program again for -merge, as a shell command line from argv[0]:
     # name this same child, so that works under `python -m`.
     program = f"{shlex.quote(sys.executable)} -m benchmarks.fuzz --child"
-    atheris.Setup([program, *flags], run_one)
+    atheris.Setup([program, *flags], lambda data: run_one(data, make_reader))
     atheris.Fuzz()  # libFuzzer exits the process itself
     return 0
 

@@ -35,9 +35,9 @@ from collections.abc import Callable
 from typing import NamedTuple, cast
 
 from dualgate.http.checks import Refusal
-from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
+from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader, head_parser
 
-__all__ = ["Options", "Violation", "decode", "encode", "run_one"]
+__all__ = ["Options", "Violation", "decode", "encode", "reader_factory", "run_one"]
 
 MAX_HEAD, MAX_FIELDS = 65536, 100
 SMALL_HEAD, SMALL_FIELDS = 512, 8
@@ -96,6 +96,16 @@ def encode(stream: bytes, options: Options = PLAIN, cuts: tuple[int, ...] = ()) 
 
 
 ReaderFactory = Callable[[int, int, int | None], RequestReader]
+
+
+def reader_factory(http: str) -> ReaderFactory:
+    """Readers whose heads the parser `--http` names (h11 or httptools) reads."""
+    parse_head = head_parser(http)
+
+    def make(max_head: int, max_fields: int, max_body: int | None) -> RequestReader:
+        return RequestReader(max_head, max_fields, max_body, parse_head)
+
+    return make
 
 
 def run_one(data: bytes, make_reader: ReaderFactory = RequestReader) -> None:

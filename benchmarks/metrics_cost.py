@@ -14,6 +14,10 @@ other, as `python -m benchmarks` does. Two figures per run:
 does and the way prometheus-client would (a labelled Counter, a labelled Histogram and two
 byte Counters), when prometheus-client is installed: the measurement behind writing the
 exposition format ourselves.
+
+The request head parser is compared the same way: `--variants h11,httptools` serves with
+`--http h11` and `--http httptools` (metrics off); `--readers` also times, in this process,
+typical GET requests through the request reader with each parser.
 """
 
 from __future__ import annotations
@@ -39,7 +43,15 @@ _VARIANTS = {
     "metrics": ["--metrics-address", "127.0.0.1:0"],
     "health": ["--health-path", "/healthz"],
     "off-again": [],
+    # The request head parser (--http), metrics off.
+    "h11": ["--http", "h11"],
+    "httptools": ["--http", "httptools"],
 }
+# A typical request from a browser-less client (wrk's is shorter), for --readers.
+_TYPICAL_GET = (
+    b"GET /api/items?page=2 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench/1.0\r\n"
+    b"Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n"
+)
 
 
 @dataclass
@@ -138,6 +150,23 @@ def recorders(count: int = 200_000) -> None:
         print(f"{name:<48} {best:6.2f} µs per request")
 
 
+def readers(count: int = 50_000) -> None:
+    """One typical GET through the request reader, head to the next request, with each parser."""
+    from dualgate.http.reader import RequestReader, head_parser
+
+    for name in ("h11", "httptools"):
+        reader = RequestReader(65536, 100, None, head_parser(name))
+
+        def one(reader: RequestReader = reader) -> None:
+            reader.feed(_TYPICAL_GET)
+            reader.next_event()  # the Request
+            reader.next_event()  # NEED_DATA
+            reader.start_next()
+
+        best = min(_time(one, count) for _ in range(5))
+        print(f"reader with --http {name:<10} {best:6.2f} µs per GET ({len(_TYPICAL_GET)} bytes)")
+
+
 def _time(record: object, count: int) -> float:
     assert callable(record)
     start = time.perf_counter()
@@ -160,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interface", default="wsgi", choices=["wsgi", "asgi"])
     parser.add_argument("--recorders", action="store_true", help="also time the recorders")
     parser.add_argument(
+        "--readers", action="store_true", help="also time the reader with each head parser"
+    )
+    parser.add_argument(
         "--variants",
         default="off,on",
         help=f"comma-separated, the first is the reference (of: {', '.join(_VARIANTS)})",
@@ -170,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--variants takes two or more of {', '.join(_VARIANTS)}")
     if args.recorders:
         recorders()
+    if args.readers:
+        readers()
     cores = procs.Cores.plan()
     runs: list[Run] = []
     try:

@@ -8,6 +8,7 @@ is loaded here too ("module:attr", never eval), and its interface (WSGI or ASGI)
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
 Interface = Literal["auto", "asgi", "wsgi"]
 Lifespan = Literal["auto", "on", "off"]
 LoopName = Literal["auto", "asyncio", "uvloop"]
+HTTPParser = Literal["auto", "h11", "httptools"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 StartMethod = Literal["fork", "spawn"]
 WebSockets = Literal["auto", "wsproto", "none"]
@@ -106,6 +108,13 @@ def _positive(name: str, value: float | None) -> None:
 def _non_negative(name: str, value: float | None) -> None:
     if value is not None and value < 0:
         raise ConfigError(f"{name} must be 0 or more, got {value}")
+
+
+def _http_parser(name: str, value: str) -> None:
+    # Checked here, not when the first connection comes: a missing parser is a setting that
+    # cannot run, told in one line before the server binds.
+    if value == "httptools" and importlib.util.find_spec("httptools") is None:
+        raise ConfigError(f"{name} httptools: httptools is not installed (pip install httptools)")
 
 
 def _port(name: str, value: int) -> None:
@@ -298,6 +307,12 @@ class Config:
         "request body bytes buffered before the socket is paused (and response bytes queued "
         "before a worker waits)",
         check=_positive,
+    )
+    http: HTTPParser = _setting(
+        "auto",
+        "request head parser: httptools (llhttp, less CPU) when installed (auto), or h11; "
+        "both give the same answers",
+        check=_http_parser,
     )
 
     _section("logging")

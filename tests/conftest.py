@@ -20,6 +20,20 @@ from dualgate import Config, Server
 from tests.http_client import read_response
 
 SOCKET_TIMEOUT = 10.0
+# The request head parser (`--http`) of the servers started here: DUALGATE_TEST_HTTP for a whole
+# run (h11 or httptools), else auto; the wire-level modules run under both (`both_parsers`).
+_http_parser = [os.environ.get("DUALGATE_TEST_HTTP", "auto")]
+
+
+@pytest.fixture(scope="module", params=["h11", "httptools"])
+def both_parsers(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every server a module starts reads requests with this parser; each module runs twice.
+
+    Module-scoped, so that module-scoped servers get it too and pytest groups a module's tests
+    by parser. Use it as `pytestmark = pytest.mark.usefixtures("both_parsers")`."""
+    _http_parser.append(request.param)
+    yield request.param
+    _http_parser.pop()
 
 
 @contextmanager
@@ -29,6 +43,7 @@ def running_server(app: Any, **options: Any) -> Iterator[Server]:
     options.setdefault("port", 0)
     options.setdefault("access_log", False)
     options.setdefault("loop", "asyncio")
+    options.setdefault("http", _http_parser[-1])
     server = Server(Config(app=app, **options))
     failure: list[BaseException] = []
 
@@ -110,7 +125,7 @@ from tests.proxies import tls_certs as tls_certs  # noqa: E402
 from tests.wsgi_feeders import wsgi_feeder as wsgi_feeder  # noqa: E402
 from tests.wsgi_feeders import wsgi_url as wsgi_url  # noqa: E402
 
-# -- helpers for the raw-socket protocol tests (tests/test_http_*.py) ----------------------
+# -- helpers for the raw-socket protocol tests (tests/http/test_*.py) ----------------------
 
 OK_BODY = b"ok"
 

@@ -110,3 +110,23 @@ def test_bad_flag_value(app_dir: Path, flag: str, value: str) -> None:
         *run_cli("good:application", "--app-dir", str(app_dir), flag, value, cwd=app_dir)
     )
     assert flag in line, line
+
+
+def test_http_httptools_without_httptools_is_one_line_and_exit_2(app_dir: Path) -> None:
+    # httptools is installed for the tests; this child runs as if it were not.
+    hide = (
+        "import sys; sys.modules['httptools'] = None; "
+        "from dualgate.cli import main; sys.exit(main())"
+    )
+    args = ["serve", "good:application", "--app-dir", str(app_dir), "--http", "httptools"]
+    result = subprocess.run(
+        [sys.executable, "-c", hide, *args],
+        cwd=app_dir,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+    )
+    line = the_one_line(result.returncode, result.stderr)
+    assert result.returncode == 2
+    assert "--http httptools" in line and "not installed" in line, line

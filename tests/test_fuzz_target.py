@@ -13,13 +13,22 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.fuzz_target import PLAIN, Options, Violation, decode, encode, run_one
+from benchmarks.fuzz_target import (
+    PLAIN,
+    Options,
+    Violation,
+    decode,
+    encode,
+    reader_factory,
+    run_one,
+)
 from dualgate.http.checks import Refusal
-from dualgate.http.reader import CLOSED, NEED_DATA, ReaderEvent, Request, RequestReader
+from dualgate.http.reader import CLOSED, NEED_DATA, ReaderEvent, Request, RequestReader, head_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = sorted((ROOT / "benchmarks" / "fuzz_corpus").iterdir())
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+HEAD_PARSERS = ["h11", "httptools"]  # benchmarks.fuzz --http
 POST = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
 
 
@@ -30,9 +39,10 @@ def test_the_seed_corpus_holds_the_differential_corpus_and_the_findings() -> Non
     assert sum(name.startswith("found-") for name in names) >= 3
 
 
+@pytest.mark.parametrize("http", HEAD_PARSERS)
 @pytest.mark.parametrize("path", SEEDS, ids=[path.name for path in SEEDS])
-def test_every_seed_replays_without_a_violation(path: Path) -> None:
-    run_one(path.read_bytes())
+def test_every_seed_replays_without_a_violation(path: Path, http: str) -> None:
+    run_one(path.read_bytes(), reader_factory(http))
 
 
 def test_inputs_decode_to_options_and_pieces() -> None:
@@ -106,15 +116,17 @@ BROKEN = [
 ]
 
 
+@pytest.mark.parametrize("http", HEAD_PARSERS)
 @pytest.mark.parametrize(
     ("reader", "data", "message"), BROKEN, ids=[reader.__name__ for reader, _, _ in BROKEN]
 )
 def test_the_checker_catches_a_broken_reader(
-    reader: type[RequestReader], data: bytes, message: str
+    reader: type[RequestReader], data: bytes, message: str, http: str
 ) -> None:
-    run_one(data)  # the real reader passes the same input
+    parse_head = head_parser(http)
+    run_one(data, reader_factory(http))  # the real reader passes the same input
     with pytest.raises(Violation, match=message):
-        run_one(data, reader)
+        run_one(data, lambda head, fields, body: reader(head, fields, body, parse_head))
 
 
 def test_the_fuzz_command_says_how_to_install_atheris_when_it_is_missing() -> None:

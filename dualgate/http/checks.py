@@ -25,6 +25,7 @@ __all__ = [
     "Framing",
     "Refusal",
     "check_request",
+    "check_trailer_section",
     "final_coding_is_chunked",
     "origin_form",
     "oversized_head",
@@ -237,17 +238,28 @@ MAX_CHUNK_LINE = 4096
 
 
 class ChunkedFraming:
-    """Follows a chunked request body on the raw bytes and refuses what h11 lets through.
+    """Decodes a chunked request body on the raw bytes, refusing every shape h11 let through.
 
     h11 reads a chunk line up to CRLF and accepts a bare LF inside a chunk extension, white
     space after the size, up to 20 hex digits, and bare LF in trailers: each a shape where a
     proxy in front may frame the body differently (request smuggling). Data bytes are skipped
-    by count, so only the framing lines cost Python steps. h11 parses trailer fields as it
-    parses a head, so they are held to the head's field and size limits (431) before it sees
-    them; every limit is decided on the bytes so far, so it does not depend on how they arrive.
+    by count, so only the framing lines cost Python steps. Trailer fields are held to the
+    head's field and size limits (431), and to the field grammar a head is held to (see
+    `check_trailer_section`); every limit is decided on the bytes so far, so it does not
+    depend on how they arrive. The data is kept for `take()`; once the body is complete
+    (`done`), `rest` holds the bytes that followed it.
     """
 
-    __slots__ = ("_fields_left", "_left", "_line", "_state", "_trailer_left")
+    __slots__ = (
+        "_data",
+        "_fields_left",
+        "_left",
+        "_line",
+        "_state",
+        "_trailer_left",
+        "_trailers",
+        "rest",
+    )
 
     def __init__(self, max_trailer_fields: int, max_trailer_size: int = 65536) -> None:
         self._state = _SIZE
@@ -256,21 +268,53 @@ class ChunkedFraming:
         self._fields_left = max_trailer_fields
         # Bytes the trailer section (its empty last line included) may still take.
         self._trailer_left = max_trailer_size
+        self._data: list[bytes | bytearray] = []
+        self._trailers: list[bytes] = []
+        self.rest: bytes | bytearray = b""
+
+    @property
+    def done(self) -> bool:
+        return self._state is _DONE
+
+    def take(self) -> bytes:
+        """The data decoded since the last call."""
+        data = self._data
+        if not data:
+            return b""
+        joined = data[0] if len(data) == 1 and type(data[0]) is bytes else b"".join(data)
+        data.clear()
+        return joined
 
     @property
     def state(self) -> ChunkState:
         return self._state
 
     def feed(self, data: bytes | bytearray) -> Refusal | None:
-        """Check the next raw bytes; a reason to refuse the request, or None."""
+        """Decode the next raw bytes; a reason to refuse the request, or None."""
         position, size = 0, len(data)
         while position < size and self._state is not _DONE:
             if self._state is _DATA:
                 taken = min(self._left, size - position)
+                self._data.append(data if taken == size else data[position : position + taken])
                 position += taken
                 self._left -= taken
                 if not self._left:
                     self._state = _DATA_END
+                continue
+            if self._state is _DATA_END:
+                # Exactly CRLF, byte by byte: a wrong byte is refused at once, as h11 refused
+                # it, not when a line break comes (which it might never do).
+                byte = data[position]
+                position += 1
+                if byte == 0x0D and not self._line:
+                    self._line += b"\r"
+                elif byte == 0x0A and self._line:
+                    self._line.clear()
+                    self._state = _SIZE
+                elif byte in (0x0A, 0x0D):
+                    return Refusal(400, "Bare CR or LF in chunked framing", "smuggling")
+                else:
+                    return Refusal(400, "Chunk data not followed by CRLF", "smuggling")
                 continue
             end = data.find(b"\n", position)
             if end < 0:
@@ -294,6 +338,8 @@ class ChunkedFraming:
             self._line.clear()
             if refusal is not None:
                 return refusal
+        if self._state is _DONE:
+            self.rest = data[position:]
         return None
 
     def _end_of_line(self, line: bytes) -> Refusal | None:
@@ -306,14 +352,58 @@ class ChunkedFraming:
                 return Refusal(400, "Invalid chunk size line", "smuggling")
             self._left = int(match.group(1), 16)
             self._state = _DATA if self._left else _TRAILER
-        elif self._state is _DATA_END:
-            if content:
-                return Refusal(400, "Chunk data not followed by CRLF", "smuggling")
-            self._state = _SIZE
         elif not content:  # the empty line that ends the trailer section
             self._state = _DONE
+            if self._trailers:
+                return check_trailer_section(self._trailers)
         else:
             self._fields_left -= 1
             if self._fields_left < 0:
                 return Refusal(431, "Too many trailer fields", "too_large")
+            self._trailers.append(content)
         return None
+
+
+# A field line as h11 0.16 parses one (h11/_abnf.py, header_field): a token, a colon, and a value
+# of anything but NUL and white space, inner runs of SP and HTAB allowed, OWS around it. A head
+# is held to it by the head parser; a trailer section by the function below, in the same order
+# h11 applied it, so that a chunked body is refused or not whichever head parser read its head.
+_FIELD_LINE = re.compile(
+    rb"(" + TOKEN_CHARS + rb"+):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*"
+)
+_DIGITS = re.compile(rb"[0-9]+")
+
+
+def check_trailer_section(lines: list[bytes]) -> Refusal | None:
+    """The trailer fields' grammar, and the framing fields among them, checked as h11 checked
+    them: obs-fold joined, every line a field line, then Content-Length and Transfer-Encoding
+    values (never used: RFC 9110 section 6.5.1; but a malformed one is a malformed message)."""
+    fields: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not fields:
+                return Refusal(400, "Malformed trailer: continuation line first", "malformed")
+            fields[-1] += b" " + line.lstrip(b" \t")
+        else:
+            fields.append(line)
+    parsed = [_FIELD_LINE.fullmatch(field) for field in fields]
+    if None in parsed:
+        return Refusal(400, "Malformed trailer: illegal field line", "malformed")
+    length: bytes | None = None
+    transfer_coding = False
+    for match in parsed:
+        assert match is not None
+        name, value = match.group(1).lower(), match.group(2)
+        if name == b"content-length":
+            values = {item.strip() for item in value.split(b",")}
+            single = values.pop() if len(values) == 1 else b""
+            if not _DIGITS.fullmatch(single) or len(single) > 20 or length not in (None, single):
+                return Refusal(400, "Malformed trailer: bad Content-Length", "malformed")
+            length = single
+        elif name == b"transfer-encoding":
+            # h11 answered these 501; the reader's rule turns a final coding other than chunked
+            # into a 400 (RFC 9112 section 6.3), and a trailer carries no coding at all.
+            if transfer_coding or value.lower() != b"chunked":
+                return Refusal(400, "Malformed trailer: Transfer-Encoding", "smuggling")
+            transfer_coding = True
+    return None

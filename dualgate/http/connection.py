@@ -29,7 +29,7 @@ from dualgate.http.flow import Deadline, FlowControl
 from dualgate.http.framing import refusal_response
 from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, ConnectionPhase
-from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, RequestReader
+from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, reader_for
 from dualgate.http.state import ServerState
 from dualgate.logs import error_logger, log_access
 
@@ -57,9 +57,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.loop = loop
         self._given_client = client
         config = state.config
-        self.reader = RequestReader(
-            config.max_head_size, config.max_header_fields, config.max_body_size
-        )
+        self.reader = reader_for(config)
         self.phase = _IDLE
         self.cycle: RequestCycle | None = None
         self.transport: asyncio.Transport

@@ -14,6 +14,11 @@ from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from wsgiref.types import StartResponse, WSGIEnvironment
 
+import pytest
+
+from dualgate.http.heads import parse_head_h11
+from dualgate.http.heads_llhttp import parse_head_llhttp
+from dualgate.http.reader import head_parser
 from tests.conftest import (
     SOCKET_TIMEOUT,
     Reader,
@@ -21,6 +26,9 @@ from tests.conftest import (
     connect,
     read_until_closed,
 )
+
+# Every server here runs once with each request head parser (h11, httptools).
+pytestmark = pytest.mark.usefixtures("both_parsers")
 
 
 def echo_target(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
@@ -39,6 +47,19 @@ def echo_body(environ: WSGIEnvironment, start_response: StartResponse) -> list[b
     body = environ["wsgi.input"].read()
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     return [str(len(body)).encode() + b":" + body]
+
+
+def test_each_run_of_this_module_reads_with_its_parser(
+    serve: ServeFactory, both_parsers: str
+) -> None:
+    # The parametrization reaches the server: its connections read heads with that parser.
+    server = serve(echo_target)
+    assert server.config.http == both_parsers
+    expected = parse_head_h11 if both_parsers == "h11" else parse_head_llhttp
+    assert head_parser(server.config.http) is expected
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /p?q HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 OK")
 
 
 # -- persistent connections (RFC 9112 section 9.3) ----------------------------------------

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import IO
 from wsgiref.types import StartResponse, WSGIEnvironment
 
+import pytest
+
 from tests.conftest import (
     SOCKET_TIMEOUT,
     Reader,
@@ -24,6 +26,9 @@ from tests.conftest import (
     connect,
     read_until_closed,
 )
+
+# Every server here runs once with each request head parser (h11, httptools).
+pytestmark = pytest.mark.usefixtures("both_parsers")
 
 
 def test_client_vanishing_mid_body_frees_the_app(serve: ServeFactory) -> None:

@@ -11,6 +11,8 @@ import threading
 import time
 from wsgiref.types import StartResponse, WSGIEnvironment
 
+import pytest
+
 from tests.conftest import (
     SOCKET_TIMEOUT,
     Reader,
@@ -20,6 +22,9 @@ from tests.conftest import (
     ok_app,
     read_until_closed,
 )
+
+# Every server here runs once with each request head parser (h11, httptools).
+pytestmark = pytest.mark.usefixtures("both_parsers")
 
 
 class CountingApp:

@@ -7,12 +7,17 @@ application; a fresh connection must still be served.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import pytest
 
 from tests.conftest import Reader, ServeFactory, assert_serves, connect
+
+# Every server here runs once with each request head parser (h11, httptools).
+pytestmark = pytest.mark.usefixtures("both_parsers")
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -30,6 +35,20 @@ class CountingApp:
         environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"ok"]
+
+
+@pytest.fixture
+def logged_errors() -> Iterator[list[str]]:
+    """Every ERROR the server or asyncio logs meanwhile (dualgate.error does not propagate)."""
+    found: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: found.append(record.getMessage())  # type: ignore[method-assign]
+    loggers = [logging.getLogger(name) for name in ("dualgate.error", "asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield found
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
 # (id, request bytes, expected status). The request ends where SMUGGLED begins.
@@ -221,7 +240,7 @@ CASES: list[tuple[str, bytes, int]] = [
     ("request_bytes", "status"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_malformed_request_is_refused_and_closes(
-    serve: ServeFactory, request_bytes: bytes, status: int
+    serve: ServeFactory, request_bytes: bytes, status: int, logged_errors: list[str]
 ) -> None:
     app = CountingApp()
     server = serve(app)
@@ -237,6 +256,7 @@ def test_malformed_request_is_refused_and_closes(
     assert app.paths == [], "a refused request, or one after it, reached the application"
     assert_serves(server.port)
     assert app.paths == ["/"]
+    assert logged_errors == [], "a client's mistake is answered, not logged as an error"
 
 
 def test_valid_pipelined_request_after_good_one_still_served(serve: ServeFactory) -> None:

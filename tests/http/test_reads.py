@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
+
 from tests.conftest import Reader, ServeFactory, connect, ok_app
+
+# Every server here runs once with each request head parser (h11, httptools).
+pytestmark = pytest.mark.usefixtures("both_parsers")
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 

@@ -35,6 +35,9 @@ from hypothesis import strategies as st
 from tests.conftest import Reader, Receive, Scope, Send, asgi_app, connect, running_server
 from tests.http_client import read_response
 
+# Every server here runs once with each request head parser (h11, httptools).
+pytestmark = pytest.mark.usefixtures("both_parsers")
+
 TIMEOUT = 5.0  # per socket operation: longer means the server hangs
 PIECE_GAP = 0.002  # seconds between the pieces of a split request, so each is its own segment
 SYNC = "/__sync"
@@ -156,7 +159,8 @@ def errors() -> Iterator[ErrorLog]:
 
 
 @pytest.fixture(scope="module", params=["wsgi", "asgi"])
-def served(request: pytest.FixtureRequest, errors: ErrorLog) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, errors: ErrorLog, both_parsers: str) -> Iterator[Served]:
+    # both_parsers: set before this server starts, so it reads with that module run's parser.
     recorder = Recorder()
     interface: str = request.param
     app = wsgi_recorder(recorder) if interface == "wsgi" else asgi_recorder(recorder)

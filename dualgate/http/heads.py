@@ -1,0 +1,70 @@
+"""The one step the request readers do not share: a whole raw head into its parts. Pure.
+
+The reader (reader.py) finds where a head ends, holds it to the size and field-count limits,
+checks it (checks.py) and frames its body on the raw bytes; between those steps a head parser
+turns the head's bytes into a `Head` (method, target, version, header fields) or a `Refusal`.
+Two parsers give the same answer for every head (tests/http/test_readers_differential.py):
+- `parse_head_h11`, here: h11 0.16, the reference. This module owns h11, so an h11 upgrade is a
+  review of this file and of the field-line grammar that checks.py copies from it for trailers.
+- `parse_head_llhttp` (heads_llhttp.py): llhttp through httptools, for less CPU per request.
+`reader.head_parser(config.http)` is the choice a connection makes (`--http auto|h11|httptools`).
+
+A parser sees only whole heads: every byte up to and including the blank line, no more, with
+at least one byte before it (the reader refuses the rest first). Header names come lower-cased
+and values without the white space around them, with h11's normalisation: one Content-Length
+field for identical ones, and Transfer-Encoding lower-cased.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from typing import NamedTuple
+
+import h11
+
+from dualgate.http.checks import Refusal, final_coding_is_chunked
+from dualgate.http.grammar import Headers
+
+__all__ = ["HTTP_PARSERS", "Head", "HeadParser", "httptools_installed"]
+
+
+class Head(NamedTuple):
+    method: bytes
+    target: bytes
+    http_version: bytes  # as sent: b"1.1", b"1.0", b"1.2", b"2.0"...
+    headers: Headers
+
+
+HeadParser = Callable[[bytes], Head | Refusal]
+HTTP_PARSERS = ("auto", "h11", "httptools")
+
+
+def parse_head_h11(head: bytes) -> Head | Refusal:
+    """h11's parse of one whole head, its errors as the reader's refusals.
+
+    A fresh h11.Connection per head: h11 only ever parses here (framing.py writes responses),
+    and a new Connection costs less than keeping its server-side state machine in step."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        return _refusal(exc, head)
+    # A whole head is a Request or an error: h11 waits for nothing past the blank line.
+    assert type(event) is h11.Request, event
+    return Head(event.method, event.target, event.http_version, list(event.headers))
+
+
+def _refusal(exc: h11.RemoteProtocolError, head: bytes) -> Refusal:
+    status = exc.error_status_hint
+    if status == 501 and not final_coding_is_chunked(head):
+        # h11 answers every Transfer-Encoding but a lone "chunked" with 501; RFC 9112
+        # section 6.3 item 4 makes a request whose final coding is not chunked a MUST-400
+        # ("chunked, gzip", "gzip"). 501 stays for "gzip, chunked".
+        return Refusal(400, f"Malformed request: {exc}", "smuggling")
+    return Refusal(status, f"Malformed request: {exc}", "malformed")
+
+
+def httptools_installed() -> bool:
+    return importlib.util.find_spec("httptools") is not None
