@@ -131,40 +131,6 @@ def _mount(name: str, value: tuple[str, ...]) -> None:
             )
 
 
-def _trust_list(name: str, value: str) -> None:
-    try:
-        parse_trust_list(value)
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-
-
-def _cert_reqs(name: str, value: str | int) -> None:
-    from dualgate.edge.tls import verify_mode  # tls imports this module
-
-    try:
-        verify_mode(value)
-    except ValueError as exc:
-        raise ConfigError(f"{name} {exc}") from None
-
-
-def _ciphers(name: str, value: str | None) -> None:
-    from dualgate.edge.tls import check_ciphers
-
-    if value is not None:
-        try:
-            check_ciphers(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
-
-
-def _bind(name: str, value: tuple[str, ...]) -> None:
-    for entry in value:
-        try:
-            parse_bind(entry)
-        except ValueError as exc:
-            raise ConfigError(f"{name} {exc}") from None
-
-
 def parse_header(text: str) -> tuple[bytes, bytes]:
     """One --header NAME:VALUE as the response carries it (ValueError says what is wrong)."""
     name, sep, value = text.partition(":")
@@ -174,22 +140,6 @@ def parse_header(text: str) -> tuple[bytes, bytes]:
     if BAD_VALUE_TEXT.search(value) or not value.isascii():
         raise ValueError(f"takes a header value of printable ASCII, got {text!r}")
     return name.lower().encode("ascii"), value.encode("ascii")
-
-
-def _headers(name: str, value: tuple[str, ...]) -> None:
-    for entry in value:
-        try:
-            parse_header(entry)
-        except ValueError as exc:
-            raise ConfigError(f"{name} {exc}") from None
-
-
-def _host_port(name: str, value: str | None) -> None:
-    if value is not None:
-        try:
-            parse_host_port(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name} {exc}") from None
 
 
 def _health_path(name: str, value: str | None) -> None:
@@ -214,12 +164,44 @@ def _log_config(name: str, value: str | None) -> None:
         raise ConfigError(f"{name} {value}: no such file")
 
 
-def _access_log_format(name: str, value: str | None) -> None:
-    if value is not None:
-        try:
-            AccessFormat(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
+def _parsed_by(
+    parse: Callable[[Any], object], *, each: bool = False, colon: bool = False
+) -> Callable[[str, Any], None]:
+    """A check that a value (or, with `each`, every entry of a repeatable setting) parses: the
+    parser's ValueError becomes one ConfigError naming the setting. None is always allowed."""
+    joint = ": " if colon else " "
+
+    def check(name: str, value: Any) -> None:
+        if value is None:
+            return
+        for entry in value if each else (value,):
+            try:
+                parse(entry)
+            except ValueError as exc:
+                raise ConfigError(f"{name}{joint}{exc}") from None
+
+    return check
+
+
+def _verify_mode(value: str | int) -> object:
+    from dualgate.edge.tls import verify_mode  # ssl loads only when a TLS setting is checked
+
+    return verify_mode(value)
+
+
+def _check_ciphers(value: str) -> None:
+    from dualgate.edge.tls import check_ciphers
+
+    check_ciphers(value)
+
+
+_trust_list = _parsed_by(parse_trust_list, colon=True)
+_cert_reqs = _parsed_by(_verify_mode)
+_ciphers = _parsed_by(_check_ciphers, colon=True)
+_bind = _parsed_by(parse_bind, each=True)
+_headers = _parsed_by(parse_header, each=True)
+_host_port = _parsed_by(parse_host_port)
+_access_log_format = _parsed_by(AccessFormat, colon=True)
 
 
 def _forwarded_allow_ips() -> str:

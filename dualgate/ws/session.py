@@ -17,6 +17,7 @@ Rules of this file:
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -95,11 +96,15 @@ class Session:
     ) -> None:
         self._wire = wire
         self._app = app
-        self._client = client
-        self._server = server
-        self._scheme = scheme
-        self._root_path = root_path
-        self._lifespan_state = lifespan_state
+        # The scope waits only for the subprotocols the handshake brings (`start`).
+        self._scope_for = functools.partial(
+            build_scope,
+            client=client,
+            server=server,
+            scheme=scheme,
+            root_path=root_path,
+            state=lifespan_state,
+        )
         self._max_size = config.ws_max_size
         self._max_queue = config.ws_max_queue
         self._max_queued_bytes = config.body_buffer_size
@@ -123,15 +128,7 @@ class Session:
     def start(self, request: HandshakeRequest, subprotocols: list[str]) -> None:
         """The handshake is valid: call the application, which hears websocket.connect."""
         self._subprotocols = subprotocols
-        scope = build_scope(
-            request,
-            client=self._client,
-            server=self._server,
-            scheme=self._scheme,
-            root_path=self._root_path,
-            state=self._lifespan_state,
-            subprotocols=subprotocols,
-        )
+        scope = self._scope_for(request, subprotocols=subprotocols)
         self.running = True
         self._task = self._loop.create_task(self._run(scope))
 
