@@ -79,13 +79,16 @@ def exit_code_for(exc: BaseException) -> int | None:
 
 
 def report(problem: BaseException | str) -> None:
-    """One line on stderr: `dualgate: error: ...`, an OSError told by its strerror alone; an
+    """One line on stderr: `dualgate: error: ...`, an OSError told by its strerror (and the
+    address or path it was about, when it names one); an
     application's traceback before it, when there is one."""
     if isinstance(problem, AppLoadError) and problem.traceback:
         print(problem.traceback, end="", file=sys.stderr, flush=True)
     text = str(problem)
     if isinstance(problem, OSError) and problem.strerror:
         text = problem.strerror
+        if problem.filename:
+            text = f"{text}: {problem.filename}"
     print(f"dualgate: error: {text}", file=sys.stderr, flush=True)
 
 

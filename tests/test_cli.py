@@ -130,3 +130,26 @@ def test_http_httptools_without_httptools_is_one_line_and_exit_2(app_dir: Path) 
     line = the_one_line(result.returncode, result.stderr)
     assert result.returncode == 2
     assert "--http httptools" in line and "not installed" in line, line
+
+
+def test_a_taken_port_is_one_line_naming_the_address(app_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr = run_cli(
+            "good:application", "--host", "127.0.0.1", "--port", str(port), cwd=app_dir
+        )
+    line = the_one_line(code, stderr)
+    assert line == f"dualgate: error: Address already in use: 127.0.0.1:{port}"
+    assert code == 1
+
+
+def test_a_unix_socket_in_a_missing_directory_is_one_line_naming_it(
+    app_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "absent" / "s.sock"
+    code, stderr = run_cli("good:application", "--uds", str(path), cwd=app_dir)
+    assert the_one_line(code, stderr) == (
+        f"dualgate: error: No such file or directory: unix:{path}"
+    )

@@ -121,6 +121,9 @@ def _bind_tcp(family: int, address: tuple[object, ...], *, reuse_port: bool) -> 
             # As asyncio does: an IPv6 socket does not also take the IPv4 addresses.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise _naming(exc, describe_address(address).removeprefix("http://")) from exc
     except BaseException:
         sock.close()
         raise
@@ -134,10 +137,19 @@ def _bind_unix(path: str, backlog: int) -> socket.socket:
     try:
         sock.bind(path)
         sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _naming(exc, f"unix:{path}") from exc
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _naming(exc: OSError, address: str) -> OSError:
+    """The same failure, naming the address it was for: "Address already in use" alone does
+    not say which of several --bind addresses was taken."""
+    return OSError(exc.errno, exc.strerror, address)
 
 
 def _is_socket(path: str) -> bool:
