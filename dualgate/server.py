@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -246,7 +247,9 @@ class Server:
                 self._acceptors.append(acceptor)
             elif sock.family == socket.AF_UNIX:
                 self._listeners.append(
-                    await loop.create_unix_server(protocol_factory, sock=sock, **listen)
+                    await loop.create_unix_server(
+                        protocol_factory, sock=sock, **listen, **_keep_socket_file(loop)
+                    )
                 )
             else:
                 self._listeners.append(
@@ -446,3 +449,13 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
         return asyncio.new_event_loop
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+def _keep_socket_file(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """asyncio on Python 3.13+ removes a unix socket's file when its server closes, unless told
+    not to (uvloop takes the same keyword): the file may be one this process was handed
+    (systemd, --fd), which is not ours to remove, and the ones dualgate made are removed by
+    Listeners.close. asyncio before 3.13 neither removes it nor takes the keyword."""
+    if sys.version_info >= (3, 13) or not isinstance(loop, asyncio.BaseEventLoop):
+        return {"cleanup_socket": False}
+    return {}

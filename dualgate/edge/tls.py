@@ -213,19 +213,17 @@ def tls_scope_extension(
 ) -> dict[str, Any]:
     """The ASGI TLS extension (asgiref specs/tls.rst, version 0.2) of one finished handshake.
 
-    The client chain is the leaf certificate only on Python before 3.13, which cannot see the
-    rest of what the client sent. `client_cert_name` needs a verified certificate (cert-reqs
+    The client chain is the client's certificate alone, on every Python: before 3.13 nothing
+    else can be seen, and 3.13's `get_unverified_chain` on the server side lists the trust
+    anchor too, which the client never sent (and on 3.13.0 it fails outright on a connection
+    without a client certificate). `client_cert_name` needs a verified certificate (cert-reqs
     optional or required); a failed verification ends the handshake, so `client_cert_error`
     is always None here.
     """
     chain: list[str] = []
-    unverified_chain = getattr(ssl_object, "get_unverified_chain", None)
-    if unverified_chain is not None:  # Python 3.13+
-        chain = [ssl.DER_cert_to_PEM_cert(der) for der in unverified_chain() or ()]
-    else:
-        leaf = ssl_object.getpeercert(binary_form=True)
-        if leaf:
-            chain = [ssl.DER_cert_to_PEM_cert(leaf)]
+    leaf = ssl_object.getpeercert(binary_form=True)
+    if leaf:
+        chain = [ssl.DER_cert_to_PEM_cert(leaf)]
     name = None
     if chain:
         subject = (ssl_object.getpeercert() or {}).get("subject")
