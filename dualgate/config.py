@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -26,6 +27,7 @@ LoopName = Literal["auto", "asyncio", "uvloop"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 StartMethod = Literal["fork", "spawn"]
 WebSockets = Literal["auto", "wsproto", "none"]
+Http2 = Literal["auto", "on", "off"]
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,19 @@ def _ciphers(name: str, value: str | None) -> None:
             check_ciphers(value)
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
+
+
+def _window_size(name: str, value: int) -> None:
+    # Below the RFC's 65535 a client may overrun the window before it has read our SETTINGS
+    # (it may send 65535 bytes at once); 2^31-1 is the largest window there is.
+    if not 65535 <= value <= 2**31 - 1:
+        raise ConfigError(f"{name} must be between 65535 and 2147483647, got {value}")
+
+
+def _frame_size(name: str, value: int) -> None:
+    # RFC 9113 section 6.5.2: SETTINGS_MAX_FRAME_SIZE lies between 2^14 and 2^24-1.
+    if not 16384 <= value <= 16777215:
+        raise ConfigError(f"{name} must be between 16384 and 16777215, got {value}")
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -351,6 +366,48 @@ class Config:
         check=_non_negative,
     )
 
+    # -- HTTP/2 (dualgate/h2/, over h2); README "HTTP/2" tells what each limit defends against.
+    http2: Http2 = _setting(
+        "auto",
+        "HTTP/2: auto (when h2 is installed), on (h2 required), off; by prior knowledge on a "
+        "plain port (next to HTTP/1.1) and by ALPN under TLS",
+    )
+    h2_max_concurrent_streams: int = _setting(
+        100,
+        "most HTTP/2 streams a client may have open at once, and most requests one connection "
+        "runs at once (a reset stream counts until its handler has finished)",
+        check=_positive,
+    )
+    h2_max_header_list_size: int | None = _setting(
+        None,
+        "largest HTTP/2 request header list (RFC 9113 section 6.5.2 reckoning); larger gets "
+        "431, twice as large closes the connection (default: --max-head-size)",
+        check=_positive,
+    )
+    h2_initial_window_size: int = _setting(
+        65535,
+        "HTTP/2 receive window of each stream: request body bytes a stream may have sent that "
+        "the application has not read yet",
+        check=_window_size,
+    )
+    h2_max_frame_size: int = _setting(
+        16384, "largest HTTP/2 frame payload a client may send", check=_frame_size
+    )
+    h2_max_resets_per_second: int = _setting(
+        50,
+        "HTTP/2 stream resets per second a connection may cause (sent by the client, or drawn "
+        "by its malformed streams), after a burst of twice --h2-max-concurrent-streams; more "
+        "closes it with ENHANCE_YOUR_CALM",
+        check=_positive,
+    )
+    h2_max_control_frames_per_second: int = _setting(
+        100,
+        "HTTP/2 frames per second that carry no request (SETTINGS, PING, PRIORITY, empty DATA "
+        "or header fragments, unknown types), after a burst of twice as many; more closes "
+        "the connection with ENHANCE_YOUR_CALM",
+        check=_positive,
+    )
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             check = item.metadata.get("check")
@@ -362,6 +419,8 @@ class Config:
             raise ConfigError("--root-path must start with / and not end with /")
         self._check_tls()
         self._check_processes()
+        if self.http2 == "on" and importlib.util.find_spec("h2") is None:
+            raise ConfigError("--http2 on needs the h2 package: pip install 'dualgate[http2]'")
 
     def _check_processes(self) -> None:
         if self.reuse_port and (self.uds is not None or self.fd is not None):
