@@ -49,6 +49,16 @@ def request(method: bytes = b"GET", path: bytes = b"/", *extra: tuple[bytes, byt
     ]
 
 
+def raw_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    """Any frame, as bytes (hyperframe's ExtensionFrame does not serialise its length)."""
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((kind, flags))
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -140,6 +150,24 @@ class Link:
 
     def send_frames(self, frames: Iterable[Frame]) -> list[Event]:
         return self.send_raw(b"".join(frame.serialize() for frame in frames))
+
+    def send_block(self, block: bytes, *, end_stream: bool = True) -> int:
+        """A request whose header block is `block`, byte for byte, sent by the client's own
+        state machine (so it knows the stream and reads the answer)."""
+        stream_id = self.client.get_next_available_stream_id()
+        encoder = self.client.encoder
+
+        class Fixed:
+            def encode(self, headers: Any, huffman: bool = True) -> bytes:
+                return block
+
+        self.client.encoder = Fixed()  # type: ignore[assignment]
+        try:
+            self.client.send_headers(stream_id, [(b":method", b"GET")], end_stream=end_stream)
+        finally:
+            self.client.encoder = encoder
+        self.exchange()
+        return stream_id
 
     def encode(self, headers: Headers) -> bytes:
         """A header block from the client's encoder (its dynamic table stays in step)."""

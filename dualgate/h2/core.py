@@ -129,6 +129,8 @@ class H2Core:
             self._block_deadline = 0.0
         elif not self._block_deadline:
             self._block_deadline = now + self.settings.timeout_request_head
+            if self.phase is _IDLE:
+                self.deadline = 0.0  # a request is arriving: the connection is not idle
         self._settle()
         self._outlet.output_ready()
 
@@ -184,13 +186,15 @@ class H2Core:
             if phase is _IDLE or phase is _OPENING:
                 self._move(_ACTIVE)
                 self.deadline = 0.0
-        elif phase is _ACTIVE:
-            self._move(_IDLE)
-            self.deadline = self._clock() + self.settings.timeout_keep_alive
-        elif phase is _IDLE and not self.deadline:
-            self.deadline = self._clock() + self.settings.timeout_keep_alive
-        elif phase is _DRAINING:
+            return
+        if phase is _DRAINING:
             self._close("graceful stop done")
+            return
+        if phase is _ACTIVE:
+            self._move(_IDLE)
+        if self.phase is _IDLE and not self.deadline and not self._block_deadline:
+            # Idle: no stream, and no request arriving (that runs the head deadline).
+            self.deadline = self._clock() + self.settings.timeout_keep_alive
 
     def check(self, now: float) -> list[str]:
         """The server's sweep: what timed out ("head", "keep-alive", "read", "write")."""
