@@ -103,6 +103,11 @@ class Link:
         # Whether the client hands back the window of response bytes it receives (a client
         # that never does is one of the attacks).
         self.client_acks = True
+        # The server's GOAWAY frames as (last stream id, error code). With `hide_goaways`
+        # they are kept from h2's client, which stops sending anything once it reads one,
+        # where a real client goes on with the streams the GOAWAY spares.
+        self.goaways: list[tuple[int, int]] = []
+        self.hide_goaways = False
         self.exchange()
 
     # -- the outlet ------------------------------------------------------------------------
@@ -126,7 +131,7 @@ class Link:
                 self.core.receive(outgoing)
             self.pumps += 1
             more = self.core.pump()
-            data = self.core.data_to_send()
+            data = self._note_goaways(self.core.data_to_send())
             self.server_bytes += len(data)
             if data and client_reads:
                 events = self.client.receive_data(data)
@@ -141,6 +146,23 @@ class Link:
                 break
         self.events += new
         return new
+
+    def _note_goaways(self, data: bytes) -> bytes:
+        kept = bytearray()
+        position = 0
+        while position < len(data):
+            length = int.from_bytes(data[position : position + 3], "big")
+            end = position + 9 + length
+            if data[position + 3] == 0x7:  # GOAWAY
+                payload = data[position + 9 : end]
+                last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                self.goaways.append((last, int.from_bytes(payload[4:8], "big")))
+                if self.hide_goaways:
+                    position = end
+                    continue
+            kept += data[position:end]
+            position = end
+        return bytes(kept)
 
     def send_raw(self, data: bytes) -> list[Event]:
         """Bytes straight to the server (after whatever the client has queued)."""
@@ -171,7 +193,7 @@ class Link:
 
     def encode(self, headers: Headers) -> bytes:
         """A header block from the client's encoder (its dynamic table stays in step)."""
-        return cast(bytes, self.client.encoder.encode(headers))
+        return self.client.encoder.encode(headers)
 
     def headers_frames(
         self, stream_id: int, headers: Headers, *, end_stream: bool, pieces: int = 1

@@ -12,6 +12,7 @@ from hpack.hpack import encode_integer
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
+    Frame,
     HeadersFrame,
     PingFrame,
     PriorityFrame,
@@ -104,7 +105,7 @@ def test_a_continuation_flood_closes_before_h2_holds_more_than_the_limit() -> No
     settings = H2Settings(header_block_limit=32768)
     link = Link(settings)
     block = link.encode(GET)
-    frames = [HeadersFrame(1, data=block)]  # no END_HEADERS: a block that never ends
+    frames: list[Frame] = [HeadersFrame(1, data=block)]  # no END_HEADERS: it never ends
     frames += [ContinuationFrame(1, data=b"\x00" * 16384) for _ in range(200)]
     wire = b"".join(frame.serialize() for frame in frames)
     # Fed in small reads, as a socket would deliver it: the guard stops it at the limit.
@@ -120,7 +121,7 @@ def test_a_continuation_flood_closes_before_h2_holds_more_than_the_limit() -> No
 
 def test_empty_continuations_are_a_flood_too() -> None:
     link = Link()
-    frames = [HeadersFrame(1, data=link.encode(GET))]
+    frames: list[Frame] = [HeadersFrame(1, data=link.encode(GET))]
     frames += [ContinuationFrame(1, data=b"") for _ in range(300)]
     link.send_frames(frames)
     assert calmed(link)

@@ -69,7 +69,7 @@ def test_an_upload_pauses_while_the_handler_does_not_read_and_windows_come_back_
     taken = 0
     increments: list[int] = []
     while taken < 300_000:
-        data, more = stream.take_body()
+        data, _ = stream.take_body()
         taken += len(data)
         link.exchange()
         increments += [
