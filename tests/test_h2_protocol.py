@@ -4,7 +4,6 @@ handlers as tasks, one write per loop turn, transport pauses, deadlines, stoppin
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +18,7 @@ from h2.events import (
     StreamReset,
 )
 
+from dualgate.h2.phases import Phase
 from dualgate.h2.preface import PREFACE, Sniffed, sniff
 from dualgate.h2.protocol import H2Protocol
 from dualgate.h2.settings import H2Settings
@@ -188,7 +188,7 @@ async def test_a_client_that_takes_no_bytes_is_cut_off() -> None:
     wire.protocol.pause_writing()
     await asyncio.sleep(0.1)
     assert wire.transport.aborted
-    assert wire.protocol.timeouts == ["write"]
+    assert wire.protocol.timeouts == {"write": 1}
     assert wire.protocol not in wire.host.connections
 
 
@@ -201,7 +201,7 @@ async def test_the_sweep_closes_an_idle_connection() -> None:
     assert not wire.transport.closed
     wire.protocol.check_deadline(loop_now + 11)  # the head deadline first: nothing asked yet
     assert wire.transport.closed
-    assert wire.protocol.timeouts == ["head"]
+    assert wire.protocol.timeouts == {"head": 1}
     assert wire.protocol not in wire.host.connections
     events = wire.client.receive_data(wire.transport.take())
     assert any(isinstance(e, ConnectionTerminated) for e in events)
@@ -264,10 +264,13 @@ async def test_force_close_tells_every_handler() -> None:
 
 
 @pytest.mark.asyncio
-async def test_eof_closes_and_connection_lost_releases(caplog: pytest.LogCaptureFixture) -> None:
-    wire = Wire(lambda stream: None)
-    caplog.set_level(logging.DEBUG, logger="dualgate.error")
-    assert wire.protocol.eof_received() is False
+async def test_eof_closes_and_tells_the_handlers() -> None:
+    held: list[Stream] = []
+    wire = Wire(held.append)
+    wire.client.send_headers(wire.client.get_next_available_stream_id(), GET, end_stream=True)
+    await wire.turn()
+    assert wire.protocol.eof_received() is False  # asyncio closes the transport
     assert wire.protocol not in wire.host.connections
-    wire.protocol.connection_lost(None)  # after EOF, the transport reports the loss: harmless
-    assert "HTTP/2 connection closing: the connection was lost" in caplog.text
+    assert held[0].reset_code == ErrorCodes.CANCEL
+    wire.protocol.connection_lost(None)  # then reports the loss: nothing more happens
+    assert wire.protocol.core.phase is Phase.CLOSED

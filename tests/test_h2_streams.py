@@ -266,3 +266,36 @@ def test_the_handler_sees_a_client_reset() -> None:
 def test_bytes_unread_by_a_handler_of_a_reset_stream_give_their_window_back() -> None:
     link = Link(handler=lambda stream: stream.send_head(200, []))  # reads nothing, ever
     assert_the_connection_window_comes_back(link)
+
+
+def test_invalid_trailers_raise_and_the_handler_may_still_end() -> None:
+    outcome: list[str] = []
+
+    def handle(stream: Stream) -> None:
+        stream.send_head(200, [])
+        try:
+            stream.end([(b"x-bad", b"a\r\nb")])
+        except ValueError:
+            outcome.append("refused")
+        stream.end([(b"X-Fine", b" 1 "), (b"connection", b"close")])
+
+    link = Link(handler=handle)
+    stream_id = link.request()
+    assert outcome == ["refused"]
+    trailers = [e for e in link.events if isinstance(e, TrailersReceived)]
+    assert [t.headers for t in trailers] == [[(b"x-fine", b"1")]]
+    assert link.ended(stream_id)
+
+
+def test_a_handler_whose_stream_was_reset_before_its_head_may_write_and_end() -> None:
+    held: list[Stream] = []
+    link = Link(handler=held.append)
+    stream_id = link.request(request(b"POST", b"/"), None)
+    link.client.reset_stream(stream_id, ErrorCodes.CANCEL)
+    link.exchange()
+    (stream,) = held
+    stream.send_head(200, [])  # nothing goes out, and nothing raises
+    stream.send_body(b"late")
+    stream.end()
+    link.exchange()
+    assert link.status(stream_id) is None and link.core.table.streams == {}

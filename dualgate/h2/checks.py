@@ -36,6 +36,7 @@ __all__ = [
     "check_request",
     "check_trailers",
     "response_fields",
+    "trailer_fields",
 ]
 
 # uri-host [":" port] (RFC 3986 section 3.2.2); no userinfo, path or white space.
@@ -223,6 +224,30 @@ def check_trailers(fields: Headers, max_list_size: int, max_fields: int) -> Malf
     return None
 
 
+def _checked_name(name: bytes) -> bytes:
+    lower = _valid_response_names.get(name)
+    if lower is None:
+        if not TOKEN.fullmatch(name):
+            raise ValueError(f"invalid response header name {name!r}")
+        lower = name.lower()
+        if len(_valid_response_names) < 1024:
+            _valid_response_names[name] = lower
+    return lower
+
+
+def trailer_fields(trailers: Headers) -> list[tuple[bytes, bytes]]:
+    """Response trailers as h2 sends them; ValueError when one is not valid. Fields that only
+    framing or the connection may carry are dropped, as in a head."""
+    fields = []
+    for name, value in trailers:
+        lower = _checked_name(name)
+        if BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for response trailer {name!r}: {value!r}")
+        if lower not in _CONNECTION_SPECIFIC and lower != b"content-length":
+            fields.append((lower, value.strip(b" \t")))
+    return fields
+
+
 def response_fields(
     status: int, headers: Headers, extra: Headers
 ) -> tuple[list[tuple[bytes, bytes]], int | None]:
@@ -240,13 +265,7 @@ def response_fields(
     content_length: int | None = None
     has_date = has_server = False
     for name, value in headers:
-        lower = _valid_response_names.get(name)
-        if lower is None:
-            if not TOKEN.fullmatch(name):
-                raise ValueError(f"invalid response header name {name!r}")
-            lower = name.lower()
-            if len(_valid_response_names) < 1024:
-                _valid_response_names[name] = lower
+        lower = _checked_name(name)
         if BAD_VALUE.search(value):
             raise ValueError(f"invalid value for response header {name!r}: {value!r}")
         if lower in _CONNECTION_SPECIFIC:

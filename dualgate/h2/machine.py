@@ -99,11 +99,11 @@ def new_connection(settings: H2Settings) -> H2Connection:
         normalize_outbound_headers=False,
     )
     connection = _Connection(config=config)
-    # In place before initiate_connection, which sends them, so they hold from the first frame.
-    # The window and frame size only allow the client more than RFC 9113's defaults; the
-    # stream and header list limits are below its "unlimited", as h2's own defaults are, and
-    # bind a client only once it has read this SETTINGS frame, which no client is known to
-    # outrun with 100 streams or a 64 KiB head.
+    # In place before initiate_connection, which sends them, so h2 holds the client to them
+    # from its first frame. The window and frame size only allow it more than RFC 9113's
+    # defaults. The stream and header list limits are below the RFC's "unlimited" (as h2's own
+    # defaults are) before the client can have read them; a client does not open a hundred
+    # streams, or send a head of --max-head-size, before the server's first frame arrives.
     connection.local_settings = Settings(
         client=False,
         initial_values={

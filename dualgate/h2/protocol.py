@@ -20,6 +20,7 @@ on HTTP/1.1; while it is paused, the core frames no more response bytes.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -61,7 +62,7 @@ class H2Protocol(asyncio.Protocol):
         self._flush_scheduled = False
         self._write_timer: asyncio.TimerHandle | None = None
         self._gone = False
-        self.timeouts: list[str] = []  # what timed out, in order (the server counts them)
+        self.timeouts: Counter[str] = Counter()  # what timed out here, by deadline kind
 
     def take_over(self, transport: asyncio.BaseTransport, first: bytes) -> None:
         """Install this protocol on a transport another protocol read `first` from."""
@@ -113,7 +114,7 @@ class H2Protocol(asyncio.Protocol):
 
     def _write_timed_out(self) -> None:
         self._write_timer = None
-        self.timeouts.append("write")
+        self.timeouts["write"] += 1
         error_logger.debug("HTTP/2 connection: the client took no bytes in time")
         self.force_close()
 
@@ -164,7 +165,7 @@ class H2Protocol(asyncio.Protocol):
             return
         expired = self.core.check(now)
         if expired:
-            self.timeouts.extend(expired)
+            self.timeouts.update(expired)
             self._flush()
 
     def shutdown(self) -> None:

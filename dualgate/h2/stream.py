@@ -2,12 +2,12 @@
 
 Rules of this file:
 - Everything here runs on the event loop thread. No I/O: a stream reaches the wire only
-  through its `StreamPort` (the core, core.py), which frames what it is given within the
-  flow-control windows.
+  through its `StreamPort` (the connection's stream table, streams.py), which frames what it
+  is given within the flow-control windows.
 - The request: `head` is read-only. Its body arrives through `feed`/`feed_end`/`lose`, called
-  by the core alone; a handler takes it with `take_body` (or `await receive_body()`), and only
-  what is taken is acknowledged to the client (WINDOW_UPDATE), so a handler that does not read
-  stops its own upload and no other.
+  by the stream table alone; a handler takes it with `take_body` (or `await receive_body()`),
+  and only what is taken is acknowledged to the client (WINDOW_UPDATE), so a handler that does
+  not read stops its own upload and no other.
 - The response: `send_head`, then `send_body` any number of times, then `end` (with trailers,
   if any). `send_body` never blocks: bytes wait in the stream's queue until the client's window
   takes them, and `writing_paused` (with `when_writable` and `drained`) tells a writer to wait,
@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from dualgate.h2.checks import RequestHead, response_fields
+from dualgate.h2.checks import RequestHead, response_fields, trailer_fields
 from dualgate.h2.phases import STREAM_MOVES, StreamPhase
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
@@ -49,7 +49,7 @@ class StreamReset(Exception):
 
 
 class StreamPort(Protocol):
-    """What a stream needs of its connection (core.py implements it)."""
+    """What a stream needs of its connection (streams.StreamTable implements it)."""
 
     send_queue: int  # queued response bytes past which a stream's writer is told to wait
 
@@ -126,13 +126,13 @@ class Stream:
         self.sent_bytes = 0
         self.no_body = head.method == b"HEAD"
         self._remaining: int | None = None  # owed to the response's Content-Length
-        # The queue the core drains as the windows allow (core.py reads and pops it).
+        # The queue the sender drains as the windows allow (sending.py reads and pops it).
         self.out: deque[bytes | memoryview] = deque()
         self.out_size = 0
         self.end_queued = False
         self.out_trailers: list[tuple[bytes, bytes]] | None = None
         self._waiters: list[Callable[[], None]] = []
-        # Loop times, 0.0 for none; the core arms and checks them.
+        # Loop times, 0.0 for none; the stream table and the sender arm them, the table checks.
         self.read_deadline = 0.0
         self.write_deadline = 0.0
 
@@ -143,7 +143,7 @@ class Stream:
         assert phase in STREAM_MOVES[self.phase], f"{self.phase} -> {phase}"
         self.phase = phase
 
-    # -- the request body, the core's side ----------------------------------------------
+    # -- the request body, the stream table's side --------------------------------------
 
     def feed(self, data: bytes, flow: int) -> None:
         self._body.append(data)
@@ -156,18 +156,14 @@ class Stream:
         self._notify_body()
 
     def take_unread(self) -> int:
-        """Drop the unread body; its flow-controlled size, for the core to acknowledge."""
+        """Drop the unread body; its flow-controlled size, for the table to acknowledge."""
         flow, self._body_flow = self._body_flow, 0
         self._body.clear()
         return flow
 
-    @property
-    def unread_flow(self) -> int:
-        return self._body_flow
-
     def lose(self, code: int) -> None:
         """The stream is closed on the wire, by the client, by a rule, or with the connection;
-        the core has already acknowledged what was unread."""
+        the table has already acknowledged what was unread."""
         if self.reset_code is not None or self.phase is _DONE:
             return
         self.reset_code = code
@@ -264,10 +260,13 @@ class Stream:
         self._port.send_fields(self, fields, False)
 
     def send_body(self, data: bytes) -> None:
-        """Queue body bytes; they go out as the client's windows allow."""
+        """Queue body bytes; they go out as the client's windows allow. After a reset, or the
+        end, they go nowhere (and do not raise: the handler learns of a reset by `on_reset`)."""
+        if self.reset_code is not None or self.complete or not data:
+            return
         if not self.head_sent:
             raise RuntimeError("send_head() comes before send_body()")
-        if self.complete or not data or self.reset_code is not None or self.no_body:
+        if self.no_body:
             return
         if self._remaining is not None:
             if len(data) > self._remaining:
@@ -280,9 +279,11 @@ class Stream:
         self._port.queued(self)
 
     def end(self, trailers: Headers | None = None) -> None:
-        """The response is complete (after what is queued); the handler is done."""
+        """The response is complete (after what is queued); the handler is done. ValueError
+        (and nothing done) when a trailer is not valid."""
         if self.complete:
             return
+        fields = trailer_fields(trailers) if trailers else None
         self.complete = True
         if self.reset_code is not None:
             self.move(_DONE)
@@ -297,8 +298,7 @@ class Stream:
             )
             self._port.reset_by_handler(self, INTERNAL_ERROR)
             return
-        if trailers:
-            self.out_trailers = [(name.lower(), value) for name, value in trailers]
+        self.out_trailers = fields or None
         self.end_queued = True
         self.move(_FLUSHING)
         self._port.finished(self)
