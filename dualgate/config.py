@@ -366,7 +366,8 @@ class Config:
         check=_non_negative,
     )
 
-    # -- HTTP/2 (dualgate/h2/, over h2); README "HTTP/2" tells what each limit defends against.
+    # -- HTTP/2 (dualgate/h2/, over h2); h2/settings.py and h2/guard.py tell what each limit
+    #    defends against and why its default is what it is.
     http2: Http2 = _setting(
         "auto",
         "HTTP/2: auto (when h2 is installed), on (h2 required), off; by prior knowledge on a "
