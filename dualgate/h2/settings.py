@@ -13,9 +13,9 @@ Why these derived values:
   one stream whose application does not read holds only its own window of it, so with the
   defaults three such streams still leave room for the others' uploads.
 - The rates: 50 resets a second (--h2-max-resets-per-second) is ten times what a person
-  cancelling (seeking in a video, typing ahead in a search box) draws, and a hundredth of what
-  rapid reset needs to hurt; 100 control frames a second is far above the handful a browser
-  sends per connection, and a flood needs many thousands.
+  cancelling (seeking in a video, typing ahead in a search box) draws, and far below the
+  thousands a second per connection rapid reset sends; 100 control frames a second is far
+  above the handful a browser sends per connection, and a flood needs many thousands.
 - Resets may come in a burst of twice the concurrent-stream limit (a browser leaving a page
   cancels every stream it has open, and may do it again on the next page) before the rate
   counts; control frames in a burst of twice their rate (a connection's start: SETTINGS,
