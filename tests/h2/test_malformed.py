@@ -15,7 +15,7 @@ from dualgate.h2.phases import Phase
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import Stream
 from dualgate.http.grammar import Headers
-from tests.h2_support import GET, Link, request
+from tests.h2.support import GET, Link, request
 
 
 class Bystanders:

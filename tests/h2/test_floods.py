@@ -22,7 +22,7 @@ from hyperframe.frame import (
 
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import Stream
-from tests.h2_support import GET, Link, answer, raw_frame, request
+from tests.h2.support import GET, Link, answer, raw_frame, request
 
 
 def calmed(link: Link) -> bool:

@@ -9,7 +9,7 @@ from h2.events import PingAckReceived
 
 from dualgate.h2.phases import Phase
 from dualgate.h2.stream import Stream
-from tests.h2_support import GET, Link, answer, request
+from tests.h2.support import GET, Link, answer, request
 
 LARGEST = 2**31 - 1
 

@@ -13,7 +13,7 @@ from dualgate.h2.checks import (
     response_fields,
 )
 from dualgate.http.grammar import Headers
-from tests.h2_support import request
+from tests.h2.support import request
 
 
 def check(fields: Headers, max_body: int | None = None) -> RequestHead | Malformed | Answer:

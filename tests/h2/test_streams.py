@@ -8,7 +8,7 @@ from h2.events import InformationalResponseReceived, TrailersReceived
 from dualgate.h2.phases import Phase, StreamPhase
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import Stream
-from tests.h2_support import GET, Link, answer, echo, request
+from tests.h2.support import GET, Link, answer, echo, request
 
 
 def test_a_request_and_its_response() -> None:

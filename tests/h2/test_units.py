@@ -15,7 +15,7 @@ from dualgate.h2.guard import ENHANCE_YOUR_CALM, FRAME_SIZE_ERROR, Budget, Frame
 from dualgate.h2.phases import MOVES, STREAM_MOVES, Phase, StreamPhase
 from dualgate.h2.preface import PREFACE, Sniffed, alpn_protocols, http2_enabled, negotiated, sniff
 from dualgate.h2.settings import H2Settings
-from tests.h2_support import raw_frame
+from tests.h2.support import raw_frame
 
 # -- the preface ----------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from dualgate.h2.protocol import H2Protocol
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import Stream
 from dualgate.h2.stream import StreamReset as Reset
-from tests.h2_support import GET, FakeTransport, Host, client_connection, request
+from tests.h2.support import GET, FakeTransport, Host, client_connection, request
 
 
 class Wire:
@@ -227,7 +227,7 @@ async def test_shutdown_then_close_once_the_last_stream_is_done() -> None:
     wire.protocol.shutdown()
     await asyncio.sleep(0)
     # What h2's client reads of it: the first GOAWAY ends its state machine; a real client
-    # answers the PING and the stream goes on, as tests/test_h2_shutdown.py shows in memory.
+    # answers the PING and the stream goes on, as tests/h2/test_shutdown.py shows in memory.
     data = wire.transport.take()
     assert data.count(b"\x07\x00\x00\x00\x00\x00") == 1
     wire.protocol.data_received(b"\x00\x00\x08\x06\x01\x00\x00\x00\x00dualgate")  # PING ACK

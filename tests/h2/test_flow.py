@@ -7,7 +7,7 @@ from h2.events import DataReceived, WindowUpdated
 
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import Stream
-from tests.h2_support import Link, answer, request
+from tests.h2.support import Link, answer, request
 
 BIG = 1_000_000
 
