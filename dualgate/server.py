@@ -35,6 +35,7 @@ from dualgate.config import Config, parse_host_port
 from dualgate.edge.preamble import EdgeProtocol
 from dualgate.edge.tls import TLSContextHolder
 from dualgate.errors import ConfigError
+from dualgate.h2.preface import http2_enabled
 from dualgate.hooks import ServerHooks
 from dualgate.http.connection import HTTPProtocol
 from dualgate.http.state import ServerState
@@ -168,6 +169,11 @@ class Server:
         handler, description = await self._wiring.build(loop)
         metrics = self._metrics
         self.state = state = ServerState(config, handler, self._tls, metrics)
+        if http2_enabled(config):
+            # Imported only now: h2 is an optional dependency (--http2 auto serves without it).
+            from dualgate.h2.cycles import H2Server
+
+            state.http2 = H2Server(state, loop, report=self.hooks.on_response)
         http = self._wiring.protocol()
         tls: dict[str, Any] = {}
         protocol_factory: Callable[[], asyncio.BaseProtocol]

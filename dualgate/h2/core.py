@@ -47,6 +47,7 @@ from dualgate.h2.settings import GOAWAY_PING_WAIT, MAX_UNREAD_REPLIES, H2Setting
 from dualgate.h2.streams import Outlet, StreamTable
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
+from dualgate.metrics.counters import H2Figures
 
 __all__ = ["H2Core"]
 
@@ -62,15 +63,25 @@ class H2Core:
         outlet: Outlet,
         clock: Callable[[], float],
         default_headers: Callable[[], Headers],
+        figures: H2Figures | None = None,
     ) -> None:
         self.settings = settings
+        # The server's HTTP/2 figures (resets, GOAWAYs), shared by its connections.
+        self.figures = figures if figures is not None else H2Figures()
         self._outlet = outlet
         self._clock = clock
         now = clock()
         self._conn = new_connection(settings)
         self._guard = FrameGuard(settings, now)
         self.table = StreamTable(
-            self._conn, settings, clock, outlet, self._guard, self._fail, default_headers
+            self._conn,
+            settings,
+            clock,
+            outlet,
+            self._guard,
+            self._fail,
+            default_headers,
+            self.figures,
         )
         self._out = bytearray()  # frames of our own (a graceful stop's GOAWAYs), in order
         self.phase = _OPENING
@@ -243,11 +254,13 @@ class H2Core:
         self._out += self._conn.data_to_send()  # what h2 queued before goes first
         frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=ErrorCodes.NO_ERROR)
         self._out += frame.serialize()
+        self.figures.goaway("graceful")
 
     def _fail(self, code: int, reason: str) -> None:
         """A connection error of ours: GOAWAY with `code`, then close."""
         with contextlib.suppress(ProtocolError):  # h2 may have closed its side already
             self._conn.close_connection(error_code=code)
+            self.figures.goaway("error" if code else "no_error")
         self._close(reason)
 
     def _close(self, reason: str) -> None:

@@ -30,6 +30,7 @@ from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import INTERNAL_ERROR, Stream
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
+from dualgate.metrics.counters import Metrics
 
 __all__ = ["H2Protocol", "Host", "StreamHandler"]
 
@@ -42,6 +43,7 @@ class Host(Protocol):
     connections: set[Any]  # the server's live connections, which this one joins
     default_headers: Headers  # Date and Server, replaced once a second
     shutting_down: bool
+    metrics: Metrics  # the server's figures; HTTP/2's are `metrics.h2`
 
 
 class H2Protocol(asyncio.Protocol):
@@ -77,7 +79,9 @@ class H2Protocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
         self.transport = cast(asyncio.Transport, transport)
         host = self.host
-        self.core = H2Core(self.settings, self, self.loop.time, lambda: host.default_headers)
+        self.core = H2Core(
+            self.settings, self, self.loop.time, lambda: host.default_headers, host.metrics.h2
+        )
         host.connections.add(self)
         if host.shutting_down:
             self.core.shutdown()

@@ -39,6 +39,7 @@ from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import Stream
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
+from dualgate.metrics.counters import H2Figures
 
 __all__ = ["Outlet", "StreamTable"]
 
@@ -63,8 +64,10 @@ class StreamTable:
         guard: FrameGuard,
         fail: Callable[[int, str], None],
         default_headers: Callable[[], Headers],
+        figures: H2Figures,
     ) -> None:
         self._conn = conn
+        self._figures = figures
         self.settings = settings
         self._clock = clock
         self._outlet = outlet
@@ -152,6 +155,7 @@ class StreamTable:
             stream.trailers = list(fields)
 
     def on_reset(self, event: StreamReset) -> None:
+        self._figures.reset("client" if event.remote_reset else "server")
         if not event.remote_reset:
             # h2 reset it itself: the client overflowed the stream's send window.
             self._draw_reset()
@@ -206,6 +210,7 @@ class StreamTable:
         # Closed already, by the client or by the response that just ended: nothing to say.
         with contextlib.suppress(StreamClosedError):
             self._conn.reset_stream(stream_id, code)
+            self._figures.reset("server")
 
     def _ack(self, stream_id: int, flow: int) -> None:
         if flow:

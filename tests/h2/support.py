@@ -30,6 +30,7 @@ from dualgate.h2.phases import Phase
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import Stream
 from dualgate.http.grammar import Headers
+from dualgate.metrics.counters import Metrics
 
 GET: Headers = [
     (b":method", b"GET"),
@@ -358,3 +359,4 @@ class Host:
         self.connections: set[Any] = set()
         self.default_headers: Headers = [(b"server", b"dualgate")]
         self.shutting_down = False
+        self.metrics = Metrics(metered=False)
