@@ -13,10 +13,11 @@ Rules of this file:
 - Per connection, `H2Server.take_over` hands the transport to an `H2Protocol` with what
   HTTP/1.1 decided of it when it was made (peer.py's view, and whether its forwarding headers
   are believed); per stream, a trusted proxy's headers are read as on HTTP/1.1 (`forward`).
-- The request body moves from the stream to the cycle only while the cycle holds less than one
-  stream window unread, and again as the interface takes it (`body_taken`): the stream
+- The request body moves from the stream to the cycle only while the cycle holds less than
+  `--body-buffer-size` unread (the mark HTTP/1.1 pauses reading at, and the WSGI handler waits
+  for before it takes a thread), and again as the interface takes it (`body_taken`): the stream
   acknowledges (WINDOW_UPDATE) only what moved, so an application that does not read stops its
-  own upload and no other, as HTTP/1.1 pauses reading.
+  own upload, and no other, with at most that mark plus one stream window unread.
 - Every cycle ends its stream: `response_done` ends it (a short body resets it: stream.py),
   `response_failed` resets it, and a stream reset under it is a lost connection to the cycle.
 - Counting: the responses by interface and status (as metered.py's HTTP/1.1 connection counts
@@ -116,26 +117,26 @@ class H2Server:
 class StreamCyclePort:
     """The cycle's `Port` (http/cycle.py) over one HTTP/2 stream."""
 
-    __slots__ = ("_pull_scheduled", "_server", "_stream", "_window", "cycle")
+    __slots__ = ("_buffer_limit", "_pull_scheduled", "_server", "_stream", "cycle")
 
     can_sendfile = False  # the body goes out as DATA frames, never by the OS's sendfile
 
     def __init__(self, server: H2Server, stream: Stream) -> None:
         self._server = server
         self._stream = stream
-        self._window = server.settings.initial_window_size
+        self._buffer_limit = server.state.config.body_buffer_size
         self._pull_scheduled = False
         self.cycle: RequestCycle
 
     # -- the request body -----------------------------------------------------------------
 
     def pull(self) -> None:
-        """Move what the stream holds to the cycle, while the cycle holds less than a window."""
+        """Move what the stream holds to the cycle, while the cycle holds less than its mark."""
         self._pull_scheduled = False
         stream, cycle = self._stream, self.cycle
         if stream.reset_code is not None or cycle.disconnected or cycle.body_complete:
             return
-        if cycle.body_buffered >= self._window:
+        if cycle.body_buffered >= self._buffer_limit:
             return  # body_taken pulls again once the interface has taken some
         data, more = stream.take_body()
         if data:
