@@ -23,9 +23,10 @@ def big_body(size: int) -> bytes:
 
 
 def _answer(protocol: str, host: str, scheme: str, path: str, query: str, body: bytes) -> bytes:
-    if path == "/echo":
+    # Matched by the end: under a --mount the path an ASGI app sees starts with its prefix.
+    if path.endswith("/echo"):
         return f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
-    if path == "/big":
+    if path.endswith("/big"):
         return big_body(int(query))
     return f"{protocol} {host} {scheme}".encode()
 
@@ -33,7 +34,7 @@ def _answer(protocol: str, host: str, scheme: str, path: str, query: str, body: 
 def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     path = environ["PATH_INFO"]
     body = environ["wsgi.input"].read()
-    if path == "/slow":
+    if path.endswith("/slow"):
         time.sleep(1.0)
     out = _answer(
         environ["SERVER_PROTOCOL"],
@@ -57,7 +58,7 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not message.get("more_body"):
             break
     path = scope["path"]
-    if path == "/slow":
+    if path.endswith("/slow"):
         await asyncio.sleep(1.0)
     headers = dict(scope["headers"])
     out = _answer(
