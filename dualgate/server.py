@@ -144,6 +144,7 @@ class Server:
             connections_open=len(state.connections) if state is not None else 0,
             shutting_down=not self._healthy(),
             pool=pool.figures() if pool is not None else None,
+            h2_streams_open=_h2_streams_open(state),
         )
 
     def _healthy(self) -> bool:
@@ -431,6 +432,13 @@ class _Ticker:
         finally:
             if self._jobs:
                 self._schedule()
+
+
+def _h2_streams_open(state: ServerState | None) -> int:
+    """The HTTP/2 streams of every live connection (read when the metrics are asked for)."""
+    if state is None or state.http2 is None:
+        return 0
+    return sum(len(c.core.table.streams) for c in list(state.connections) if hasattr(c, "core"))
 
 
 def _sweep_interval(config: Config) -> float:

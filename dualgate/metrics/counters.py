@@ -129,7 +129,12 @@ class Metrics:
     # -- reading --------------------------------------------------------------------------
 
     def snapshot(
-        self, *, connections_open: int, shutting_down: bool, pool: PoolFigures | None
+        self,
+        *,
+        connections_open: int,
+        shutting_down: bool,
+        pool: PoolFigures | None,
+        h2_streams_open: int = 0,
     ) -> Stats:
         metered = self.metered
         stats = Stats(
@@ -140,6 +145,13 @@ class Metrics:
             timeouts=dict(self.timeouts),
             refusals=dict(self.refusals),
         )
+        h2 = self.h2
+        stats.h2_streams_open = h2_streams_open
+        stats.h2_connections = h2.connections
+        stats.h2_streams = h2.streams
+        stats.h2_answered = h2.answered
+        stats.h2_resets = dict(h2.resets)
+        stats.h2_goaways = dict(h2.goaways_sent)
         if pool is not None:
             stats.pool_threads = pool.threads
             stats.pool_busy = pool.busy
