@@ -85,7 +85,7 @@ def running(argv: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
             process.wait(10)
 
 
-def h2load(url: str, load: tuple[str, ...], seconds: float) -> tuple[float, int]:
+def h2load(url: str, load: tuple[str, ...], seconds: int) -> tuple[float, int]:
     argv = ["taskset", "-c", "1", "h2load", *load, "-D", str(seconds), "--warm-up-time", "1"]
     done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 60)
     out = done.stdout
@@ -98,7 +98,7 @@ def h2load(url: str, load: tuple[str, ...], seconds: float) -> tuple[float, int]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args(argv)
     servers = args.servers.split(",")
