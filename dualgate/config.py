@@ -18,7 +18,10 @@ from dualgate.edge.forwarded import DEFAULT_FORWARDED_ALLOW_IPS, parse_trust_lis
 
 # Re-exported: `from dualgate.config import ConfigError` is how users have caught them.
 from dualgate.errors import AppLoadError, ConfigError
-from dualgate.http.grammar import BAD_VALUE_TEXT, TOKEN_TEXT
+from dualgate.h2.settings import check_frame_size, check_window
+
+# Re-exported: --header NAME:VALUE is read by the header grammar.
+from dualgate.http.grammar import parse_header
 from dualgate.logs import AccessFormat
 
 # Re-exported: what an address on the command line says is net/addresses.py's.
@@ -53,6 +56,7 @@ HTTPParser = Literal["auto", "h11", "httptools"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 StartMethod = Literal["fork", "spawn"]
 WebSockets = Literal["auto", "wsproto", "none"]
+Http2 = Literal["auto", "on", "off"]
 
 # What --log-config takes, told by the file's suffix (as uvicorn's --log-config).
 LOG_CONFIG_KINDS = {
@@ -77,6 +81,7 @@ SECTIONS = {
     "edge": "at the edge: proxy headers, PROXY protocol, TLS",
     "ws": "WebSockets (ASGI applications)",
     "metrics": "metrics and health",
+    "h2": "HTTP/2",
 }
 _open_section = ["app"]  # only changes while Config's body runs, at import
 
@@ -129,17 +134,6 @@ def _mount(name: str, value: tuple[str, ...]) -> None:
             raise ConfigError(
                 f"{name} takes PREFIX=MODULE:ATTR with PREFIX starting with /, got {entry!r}"
             )
-
-
-def parse_header(text: str) -> tuple[bytes, bytes]:
-    """One --header NAME:VALUE as the response carries it (ValueError says what is wrong)."""
-    name, sep, value = text.partition(":")
-    value = value.strip(" \t")
-    if not sep or not TOKEN_TEXT.fullmatch(name):
-        raise ValueError(f"takes NAME:VALUE with NAME a header name, got {text!r}")
-    if BAD_VALUE_TEXT.search(value) or not value.isascii():
-        raise ValueError(f"takes a header value of printable ASCII, got {text!r}")
-    return name.lower().encode("ascii"), value.encode("ascii")
 
 
 def _health_path(name: str, value: str | None) -> None:
@@ -486,6 +480,44 @@ class Config:
         check=_non_negative,
     )
 
+    # h2/; h2/settings.py and h2/guard.py tell what each limit defends against and why.
+    _section("h2")
+    http2: Http2 = _setting(
+        "auto",
+        "HTTP/2: auto (when h2 is installed), on (h2 required), off; by prior knowledge on a "
+        "plain port (next to HTTP/1.1) and by ALPN under TLS",
+    )
+    h2_max_concurrent_streams: int = _setting(
+        100,
+        "most HTTP/2 streams open at once per connection (a reset one counts until its "
+        "handler has finished)",
+        check=_positive,
+    )
+    h2_max_header_list_size: int | None = _setting(
+        None,
+        "largest HTTP/2 request header list: larger gets 431, twice as large closes the "
+        "connection (default: --max-head-size)",
+        check=_positive,
+    )
+    h2_initial_window_size: int = _setting(
+        65535, "HTTP/2 receive window of each stream (request body bytes)", check=check_window
+    )
+    h2_max_frame_size: int = _setting(
+        16384, "largest HTTP/2 frame payload a client may send", check=check_frame_size
+    )
+    h2_max_resets_per_second: int = _setting(
+        50,
+        "HTTP/2 stream resets per second a connection may cause, after a burst of twice "
+        "--h2-max-concurrent-streams; more closes it with ENHANCE_YOUR_CALM",
+        check=_positive,
+    )
+    h2_max_control_frames_per_second: int = _setting(
+        100,
+        "HTTP/2 frames per second that carry no request, after a burst of twice as many; "
+        "more closes the connection with ENHANCE_YOUR_CALM",
+        check=_positive,
+    )
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             check = item.metadata.get("check")
@@ -498,6 +530,8 @@ class Config:
         self._check_binding()
         self._check_tls()
         self._check_processes()
+        if self.http2 == "on" and importlib.util.find_spec("h2") is None:
+            raise ConfigError("--http2 on needs the h2 package: pip install 'dualgate[http2]'")
 
     def addresses(self) -> list[Address]:
         """Where this server listens: every --bind; else --fd, --uds, or --host and --port."""

@@ -36,6 +36,7 @@ from dualgate.config import Config, parse_host_port
 from dualgate.edge.preamble import EdgeProtocol
 from dualgate.edge.tls import TLSContextHolder
 from dualgate.errors import ConfigError
+from dualgate.h2.preface import http2_enabled
 from dualgate.hooks import ServerHooks
 from dualgate.http.connection import HTTPProtocol
 from dualgate.http.state import ServerState
@@ -144,6 +145,7 @@ class Server:
             connections_open=len(state.connections) if state is not None else 0,
             shutting_down=not self._healthy(),
             pool=pool.figures() if pool is not None else None,
+            h2_streams_open=_h2_streams_open(state),
         )
 
     def _healthy(self) -> bool:
@@ -169,6 +171,11 @@ class Server:
         handler, description = await self._wiring.build(loop)
         metrics = self._metrics
         self.state = state = ServerState(config, handler, self._tls, metrics)
+        if http2_enabled(config):
+            # Imported only now: h2 is an optional dependency (--http2 auto serves without it).
+            from dualgate.h2.cycles import H2Server
+
+            state.http2 = H2Server(state, loop, report=self.hooks.on_response)
         http = self._wiring.protocol()
         tls: dict[str, Any] = {}
         protocol_factory: Callable[[], asyncio.BaseProtocol]
@@ -428,6 +435,13 @@ class _Ticker:
         finally:
             if self._jobs:
                 self._schedule()
+
+
+def _h2_streams_open(state: ServerState | None) -> int:
+    """The HTTP/2 streams of every live connection (read when the metrics are asked for)."""
+    if state is None or state.http2 is None:
+        return 0
+    return sum(len(c.core.table.streams) for c in list(state.connections) if hasattr(c, "core"))
 
 
 def _sweep_interval(config: Config) -> float:

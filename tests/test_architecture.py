@@ -169,6 +169,15 @@ FORBIDDEN = {
         "dualgate.server",
         "dualgate.launch",
     ),
+    # HTTP/2 sits beside the HTTP core, below the interfaces, as the HTTP core does.
+    "dualgate.h2": (
+        "dualgate.wsgi",
+        "dualgate.asgi",
+        "dualgate.ws",
+        "dualgate.procs",
+        "dualgate.server",
+        "dualgate.launch",
+    ),
     "dualgate.wsgi.bridge": ("dualgate.http.connection", "dualgate.http.cycle"),
     "dualgate.wsgi.pool": ("dualgate.http",),
     "dualgate.wsgi.middleware": ("dualgate.http.connection", "dualgate.http.cycle"),

@@ -11,7 +11,8 @@ context, so a reload reaches new connections without touching the listening sock
 connection that reads a PROXY header before its handshake takes `holder.context` itself
 (tls_bio.py).
 
-Settings: TLS 1.2 at least; ALPN offers only http/1.1 (h2 comes with HTTP/2); client
+Settings: TLS 1.2 at least; ALPN offers h2 then http/1.1 while HTTP/2 is on (--http2), else
+only http/1.1 (h2/preface.py); client
 certificates per `--ssl-cert-reqs` (none/optional/required, or uvicorn's 0/1/2), checked
 against `--ssl-ca-certs`; `--ssl-ciphers` restricts TLS 1.2 suites (OpenSSL syntax; TLS 1.3
 suites are OpenSSL's own).
@@ -23,13 +24,13 @@ import ssl
 from typing import TYPE_CHECKING, Any
 
 from dualgate.errors import ConfigError
+from dualgate.h2.preface import alpn_protocols, http2_enabled
 from dualgate.logs import error_logger
 
 if TYPE_CHECKING:
     from dualgate.config import Config
 
 __all__ = [
-    "ALPN_PROTOCOLS",
     "TLSContextHolder",
     "build_context",
     "check_ciphers",
@@ -37,7 +38,6 @@ __all__ = [
     "verify_mode",
 ]
 
-ALPN_PROTOCOLS = ["http/1.1"]
 
 _VERIFY_MODES = {
     "none": ssl.CERT_NONE,
@@ -98,7 +98,7 @@ def build_context(config: Config) -> ssl.SSLContext:
     # A TLS 1.2 client may not renegotiate: it costs the server a handshake per request, and
     # the memory-BIO path (tls_bio.py) never has to read in the middle of a write.
     context.options |= ssl.OP_NO_RENEGOTIATION
-    context.set_alpn_protocols(ALPN_PROTOCOLS)
+    context.set_alpn_protocols(alpn_protocols(http2_enabled(config)))
     if config.ssl_ciphers:
         try:
             context.set_ciphers(config.ssl_ciphers)

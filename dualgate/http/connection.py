@@ -22,11 +22,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
+from dualgate.h2.preface import Sniffed, negotiated, sniff
 from dualgate.http.buffer import read_buffer
 from dualgate.http.checks import Refusal
 from dualgate.http.cycle import RequestCycle, Takeover, View
 from dualgate.http.flow import Deadline, FlowControl
-from dualgate.http.framing import refusal_response
+from dualgate.http.framing import build_head, refusal_response
 from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, reader_for
@@ -71,6 +72,9 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._accepted_at = 0.0
         self._drained = 0
         self._in_events = False
+        # The first bytes of a plain connection (at most the 24 of the HTTP/2 preface) while
+        # they may still be the preface; None once decided, or when HTTP/2 is off.
+        self._sniffed: bytes | None = None
 
     def _move(self, phase: ConnectionPhase) -> None:
         assert phase in MOVES[self.phase], f"{self.phase} -> {phase}"
@@ -93,6 +97,12 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.state.connections.add(self)
         self.flow.arm(Deadline.KEEP_ALIVE, config.timeout_keep_alive)
         self._accepted_at = self.flow.deadline - config.timeout_keep_alive
+        if state.http2 is not None and not self._over_limit:
+            # Under TLS, ALPN has chosen already; on a plain port the first bytes tell.
+            if negotiated(transport.get_extra_info("ssl_object")):
+                self._to_http2(b"")
+            else:
+                self._sniffed = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.phase is _UPGRADED:
@@ -112,6 +122,16 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
+        if self._sniffed is not None:
+            data = self._sniffed + data
+            verdict = sniff(data)
+            if verdict is Sniffed.UNDECIDED:
+                self._sniffed = data
+                return
+            self._sniffed = None
+            if verdict is Sniffed.HTTP2:
+                self._to_http2(data)
+                return
         phase = self.phase
         if phase is _IDLE:
             self._move(_HEAD)
@@ -226,6 +246,8 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     # -- the cycle's port ---------------------------------------------------------------
 
+    frame_head = staticmethod(build_head)  # HTTP/1.1: one bytes join, written with the body
+
     @property
     def closing(self) -> bool:
         return self.state.shutting_down
@@ -309,6 +331,15 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             stream.data_received(leftover)
         if reader.eof and not stream.eof_received():
             transport.close()
+
+    def _to_http2(self, first: bytes) -> None:
+        """Hand the connection to HTTP/2 (prior knowledge, or ALPN) as `upgrade` hands it to
+        a WebSocket: it leaves the live connections, which the HTTP/2 one joins."""
+        assert self.state.http2 is not None
+        self._move(_UPGRADED)
+        self.flow.disarm()
+        self.state.connections.discard(self)
+        self.state.http2.take_over(self.transport, first, self.view, self.believed)
 
     def _next_request(self) -> None:
         self.cycle = None

@@ -18,10 +18,13 @@ Rules of this file:
   of the request derives it and passes it on. Every interface (WSGI, ASGI, a WebSocket after
   an upgrade) reads them here and nowhere else. The client's port is None when a proxy
   forwarded an address without one.
-- The cycle knows its connection only as a `Port`: bytes out, waiting for drain, a file out,
-  body taken, and the three ways a response ends. Settings (the default headers) come in as
-  values when the cycle is built; it never sees the server's state, the flow control, the
-  transport or the loop.
+- The cycle knows its connection only as a `Port`: the head framed, bytes out, waiting for
+  drain, a file out, body taken, and the three ways a response ends. The port frames the head
+  (`frame_head`): HTTP/1.1 (connection.py) serialises it and chunks a body of unknown length;
+  HTTP/2 (h2/cycles.py) sends it as a HEADERS frame itself and frames the body (FRAMED), so
+  neither protocol's framing leaks into the other and the interfaces serve both alike.
+  Settings (the default headers) come in as values when the cycle is built; it never sees the
+  server's state, the flow control, the transport or the loop.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, LENGTH, build_head
+from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, FRAMED, LENGTH, ResponseHead
 from dualgate.http.grammar import REASONS, Headers
 from dualgate.http.reader import Request
 from dualgate.logs import error_logger
@@ -71,6 +74,23 @@ class Port(Protocol):
 
     @property
     def writing_paused(self) -> bool: ...
+
+    def frame_head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        *,
+        head_request: bool,
+        http11: bool,
+        keep_alive: bool,
+        whole_body: int | None,
+        extra: Headers,
+        extra_head: bytes,
+    ) -> ResponseHead:
+        """The response head as this protocol frames it (framing.build_head's arguments): its
+        bytes, for `write` to send first, and how the body is framed. ValueError when the head
+        is not valid HTTP; nothing is sent then."""
 
     def write(self, data: bytes) -> None: ...
     def when_writable(self, callback: Callable[[], None]) -> None: ...
@@ -240,7 +260,7 @@ class RequestCycle:
     ) -> bytes | None:
         request = self.request
         try:
-            head = build_head(
+            head = self._port.frame_head(
                 status,
                 reason or REASONS.get(status, b""),
                 headers,
@@ -300,7 +320,7 @@ class RequestCycle:
             self._port.write(data)
         elif framing == CHUNKED:
             self._port.write(b"%x\r\n%s\r\n" % (len(data), data))
-        elif framing == CLOSE:
+        elif framing in (CLOSE, FRAMED):
             self._port.write(data)
         else:
             return  # EMPTY: a HEAD, 204 or 304 response; the body never reaches the wire

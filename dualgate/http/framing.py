@@ -15,13 +15,23 @@ from __future__ import annotations
 
 from dualgate.http.grammar import BAD_VALUE, REASONS, TOKEN, Headers
 
-__all__ = ["CHUNKED", "CLOSE", "EMPTY", "LENGTH", "ResponseHead", "build_head", "refusal_response"]
+__all__ = [
+    "CHUNKED",
+    "CLOSE",
+    "EMPTY",
+    "FRAMED",
+    "LENGTH",
+    "ResponseHead",
+    "build_head",
+    "refusal_response",
+]
 
 # How a response body is framed on the wire.
 EMPTY = 0  # no body may be sent (HEAD, 1xx, 204, 304)
 LENGTH = 1  # Content-Length
 CHUNKED = 2  # Transfer-Encoding: chunked
 CLOSE = 3  # ended by closing the connection (HTTP/1.0 clients only)
+FRAMED = 4  # framed by the protocol below, and ended with its stream (HTTP/2 DATA frames)
 
 _valid_names: set[bytes] = set()
 

@@ -23,6 +23,7 @@ __all__ = [
     "TOKEN_TEXT",
     "Headers",
     "asgi_headers",
+    "parse_header",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -53,3 +54,14 @@ def asgi_headers(raw: Iterable[tuple[object, object]]) -> Headers:
             raise TypeError(f"ASGI header names and values must be bytes: {(name, value)!r}")
         headers.append((name, value))
     return headers
+
+
+def parse_header(text: str) -> tuple[bytes, bytes]:
+    """One --header NAME:VALUE as the response carries it (ValueError says what is wrong)."""
+    name, sep, value = text.partition(":")
+    value = value.strip(" \t")
+    if not sep or not TOKEN_TEXT.fullmatch(name):
+        raise ValueError(f"takes NAME:VALUE with NAME a header name, got {text!r}")
+    if BAD_VALUE_TEXT.search(value) or not value.isascii():
+        raise ValueError(f"takes a header value of printable ASCII, got {text!r}")
+    return name.lower().encode("ascii"), value.encode("ascii")

@@ -12,6 +12,7 @@ allows, and each phase names the deadline that runs in it:
       └───────────────────response done, keep-alive────────────────────┤
                                                                        ├──101──> UPGRADED
     any phase ──refusal, timeout, error, close──> CLOSED               │
+    IDLE ──the HTTP/2 preface, or ALPN h2──> UPGRADED
 
 - IDLE: waiting for a request (keep-alive deadline).
 - HEAD: a request head is arriving (head deadline; when it passes, 408).
@@ -22,7 +23,8 @@ allows, and each phase names the deadline that runs in it:
   application may take its time), a write timeout while the client takes no bytes.
 - DRAINING: the response finished before the body did: the rest is read and dropped, up to
   `_MAX_DRAIN` bytes, so the connection can be kept.
-- UPGRADED: the transport belongs to another protocol (a WebSocket); nothing here runs again.
+- UPGRADED: the transport belongs to another protocol (a WebSocket, or HTTP/2 from the start:
+  h2/cycles.py); nothing here runs again.
 - CLOSED: the transport is closed or closing.
 
 """
@@ -39,7 +41,7 @@ _IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = ConnectionPhas
 
 # Where each phase may go next; HTTPProtocol._move checks every move against it.
 MOVES: dict[ConnectionPhase, set[ConnectionPhase]] = {
-    _IDLE: {_HEAD, _CLOSED},
+    _IDLE: {_HEAD, _UPGRADED, _CLOSED},
     _HEAD: {_BODY, _RESPONDING, _CLOSED},
     _BODY: {_RESPONDING, _DRAINING, _CLOSED},
     _RESPONDING: {_IDLE, _HEAD, _UPGRADED, _CLOSED},

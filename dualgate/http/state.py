@@ -4,6 +4,7 @@ TLS context holder."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
@@ -19,9 +20,9 @@ from dualgate.metrics.counters import Metrics
 if TYPE_CHECKING:
     from dualgate.config import Config
     from dualgate.edge.tls import TLSContextHolder
-    from dualgate.http.cycle import RequestCycle
+    from dualgate.http.cycle import RequestCycle, View
 
-__all__ = ["Connection", "RequestHandler", "ServerState"]
+__all__ = ["HTTP2", "Connection", "RequestHandler", "ServerState"]
 
 RequestHandler = Callable[["RequestCycle"], None]
 
@@ -37,6 +38,16 @@ class Connection(Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the server's sweep (a few times a second) with the loop's time."""
+
+
+class HTTP2(Protocol):
+    """What serves a connection that turns out HTTP/2 (h2/cycles.py's H2Server)."""
+
+    def take_over(
+        self, transport: asyncio.BaseTransport, first: bytes, view: View, believed: bool
+    ) -> None:
+        """Serve it as HTTP/2 from now on: `first` is what was read of it already, `view` and
+        `believed` what HTTP/1.1 decided of it when it was made (peer.py)."""
 
 
 class ServerState:
@@ -58,6 +69,8 @@ class ServerState:
         self.tls_extension = tls is not None and tls.context.verify_mode != ssl.CERT_NONE
         self.connections: set[Connection] = set()
         self.shutting_down = False
+        # Set by the server when HTTP/2 is on (--http2): connections hand over to it.
+        self.http2: HTTP2 | None = None
         self.access_log = access_logger.isEnabledFor(logging.INFO)
         self.default_headers: Headers = []
         self.default_head = b""

@@ -21,7 +21,7 @@ from bisect import bisect_left
 from dualgate.metrics.snapshot import DURATION_BOUNDS, LAG_BOUNDS, Histogram, Stats
 from dualgate.wsgi.pool import PoolFigures
 
-__all__ = ["InterfaceFigures", "Metrics"]
+__all__ = ["H2Figures", "InterfaceFigures", "Metrics"]
 
 # Status code // 100 -> its class; status 0 means no response head went out.
 _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -52,11 +52,32 @@ class InterfaceFigures:
         durations.sum += seconds
 
 
+class H2Figures:
+    """HTTP/2's own figures (dualgate/h2/), counted always: each is one step per connection,
+    stream, reset or GOAWAY, on the HTTP/2 path alone, which HTTP/1.1 requests never take."""
+
+    __slots__ = ("answered", "connections", "goaways_sent", "resets", "streams")
+
+    def __init__(self) -> None:
+        self.connections = 0  # connections served as HTTP/2 (prior knowledge or ALPN)
+        self.streams = 0  # streams whose handler started: HTTP/2 requests
+        self.answered = 0  # HTTP/2 responses counted by interface (metered only)
+        self.resets: dict[str, int] = {}  # RST_STREAM frames, by who sent them: client, server
+        self.goaways_sent: dict[str, int] = {}  # graceful (a stop), no_error (idle), error
+
+    def reset(self, by: str) -> None:
+        self.resets[by] = self.resets.get(by, 0) + 1
+
+    def goaway(self, kind: str) -> None:
+        self.goaways_sent[kind] = self.goaways_sent.get(kind, 0) + 1
+
+
 class Metrics:
     __slots__ = (
         "_interfaces",
         "connections_accepted",
         "connections_refused",
+        "h2",
         "loop_lag",
         "metered",
         "received_bytes",
@@ -75,6 +96,7 @@ class Metrics:
         # Bytes the OS sent from a file (cycle.sendfile): counted always, one step per file, and
         # reported in sent_bytes only when everything else written is counted too.
         self.sendfile_bytes = 0
+        self.h2 = H2Figures()
         # Metered: counted only by metered.py's wiring.
         self.connections_accepted = 0
         self._interfaces: dict[str, InterfaceFigures] = {}
@@ -107,7 +129,12 @@ class Metrics:
     # -- reading --------------------------------------------------------------------------
 
     def snapshot(
-        self, *, connections_open: int, shutting_down: bool, pool: PoolFigures | None
+        self,
+        *,
+        connections_open: int,
+        shutting_down: bool,
+        pool: PoolFigures | None,
+        h2_streams_open: int = 0,
     ) -> Stats:
         metered = self.metered
         stats = Stats(
@@ -118,6 +145,13 @@ class Metrics:
             timeouts=dict(self.timeouts),
             refusals=dict(self.refusals),
         )
+        h2 = self.h2
+        stats.h2_streams_open = h2_streams_open
+        stats.h2_connections = h2.connections
+        stats.h2_streams = h2.streams
+        stats.h2_answered = h2.answered
+        stats.h2_resets = dict(h2.resets)
+        stats.h2_goaways = dict(h2.goaways_sent)
         if pool is not None:
             stats.pool_threads = pool.threads
             stats.pool_busy = pool.busy

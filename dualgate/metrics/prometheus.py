@@ -110,6 +110,27 @@ _REFUSALS = Family(
     "Requests refused before the application, by reason: malformed, too_large, smuggling, "
     "unsupported, timeout, busy.",
 )
+_BY_VERSION = Family(
+    "dualgate_http_requests_total",
+    "counter",
+    "Requests by HTTP version: 2 counted always; 1.1 (HTTP/1.0 included) while metrics are on.",
+)
+_H2_CONNECTIONS = Family(
+    "dualgate_http2_connections_total",
+    "counter",
+    "Connections served as HTTP/2 (prior knowledge on a plain port, or ALPN h2 under TLS).",
+)
+_H2_OPEN = Family("dualgate_http2_streams_open", "gauge", "HTTP/2 streams open now.")
+_H2_RESETS = Family(
+    "dualgate_http2_resets_total",
+    "counter",
+    "HTTP/2 streams reset (RST_STREAM), by who sent it: client, server.",
+)
+_H2_GOAWAYS = Family(
+    "dualgate_http2_goaways_sent_total",
+    "counter",
+    "HTTP/2 GOAWAY frames sent, by kind: graceful (a stop's two), no_error (idle), error.",
+)
 _STOPPING = Family(
     "dualgate_shutting_down", "gauge", "1 while the server stops gracefully, else 0."
 )
@@ -140,6 +161,11 @@ FAMILIES = (
     _LAG,
     _TIMEOUTS,
     _REFUSALS,
+    _BY_VERSION,
+    _H2_CONNECTIONS,
+    _H2_OPEN,
+    _H2_RESETS,
+    _H2_GOAWAYS,
     _STOPPING,
 )
 SUPERVISOR_FAMILIES = (_WORKERS, _RESTARTS)
@@ -197,6 +223,12 @@ def render(stats: Stats, *, supervisor: bool = False) -> bytes:
     histograms(_LAG, [((), stats.loop_lag)])
     family(_TIMEOUTS, _every(stats.timeouts, "kind", TIMEOUT_KINDS))
     family(_REFUSALS, _every(stats.refusals, "reason", REFUSAL_REASONS))
+    versions = stats.requests_by_version()
+    family(_BY_VERSION, [((("http_version", v),), versions[v]) for v in sorted(versions)])
+    family(_H2_CONNECTIONS, [((), stats.h2_connections)])
+    family(_H2_OPEN, [((), stats.h2_streams_open)])
+    family(_H2_RESETS, _every(stats.h2_resets, "by", ("client", "server")))
+    family(_H2_GOAWAYS, _every(stats.h2_goaways, "kind", ("graceful", "no_error", "error")))
     family(_STOPPING, [((), 1 if stats.shutting_down else 0)])
     if supervisor:
         family(_WORKERS, _every(stats.workers, "state", WORKER_STATES))

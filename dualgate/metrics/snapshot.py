@@ -157,6 +157,15 @@ class Stats:
     loop_lag: Histogram = field(default_factory=lambda: Histogram(LAG_BOUNDS))
     timeouts: dict[str, int] = field(default_factory=dict)  # head, body, keep-alive, write
     refusals: dict[str, int] = field(default_factory=dict)  # checks.Refusal.kind
+    # HTTP/2 (counted always, counters.H2Figures): streams open now (a gauge), connections
+    # and streams (requests) served, responses counted by interface (metered), RST_STREAM
+    # frames by who sent them, GOAWAY frames sent by kind.
+    h2_streams_open: int = 0
+    h2_connections: int = 0
+    h2_streams: int = 0
+    h2_answered: int = 0
+    h2_resets: dict[str, int] = field(default_factory=dict)
+    h2_goaways: dict[str, int] = field(default_factory=dict)
     # The supervisor's own, under --workers: its workers by state, and restarts by reason.
     workers: dict[str, int] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
@@ -164,6 +173,11 @@ class Stats:
     @property
     def requests_total(self) -> int:
         return sum(self.requests.values())
+
+    def requests_by_version(self) -> dict[str, int]:
+        """Requests by HTTP version: "2" counted always, "1.1" (HTTP/1.0 too) the metered
+        responses that were not HTTP/2's, so 0 while metrics are off."""
+        return {"1.1": max(0, self.requests_total - self.h2_answered), "2": self.h2_streams}
 
     def add(self, other: Stats) -> Stats:
         """Both added up: counters and gauges summed, the longest wait the longer one."""
@@ -190,6 +204,12 @@ class Stats:
             loop_lag=self.loop_lag.add(other.loop_lag),
             timeouts=_add_counts(self.timeouts, other.timeouts),
             refusals=_add_counts(self.refusals, other.refusals),
+            h2_streams_open=self.h2_streams_open + other.h2_streams_open,
+            h2_connections=self.h2_connections + other.h2_connections,
+            h2_streams=self.h2_streams + other.h2_streams,
+            h2_answered=self.h2_answered + other.h2_answered,
+            h2_resets=_add_counts(self.h2_resets, other.h2_resets),
+            h2_goaways=_add_counts(self.h2_goaways, other.h2_goaways),
             workers=_add_counts(self.workers, other.workers),
             restarts=_add_counts(self.restarts, other.restarts),
         )
@@ -204,6 +224,7 @@ class Stats:
             pool_busy=0,
             pool_waiting=0,
             pool_longest_wait=0.0,
+            h2_streams_open=0,
             workers={},
         )
 
@@ -244,6 +265,12 @@ class Stats:
             loop_lag=Histogram.from_json(LAG_BOUNDS, data["loop_lag"]),
             timeouts=_counts(data["timeouts"]),
             refusals=_counts(data["refusals"]),
+            h2_streams_open=int(data["h2_streams_open"]),
+            h2_connections=int(data["h2_connections"]),
+            h2_streams=int(data["h2_streams"]),
+            h2_answered=int(data["h2_answered"]),
+            h2_resets=_counts(data["h2_resets"]),
+            h2_goaways=_counts(data["h2_goaways"]),
             workers=_counts(data["workers"]),
             restarts=_counts(data["restarts"]),
         )

@@ -141,8 +141,7 @@ def options(cfg: Any) -> dict[str, Any]:
     for name, why in _FIXED.items():
         if _changed(cfg, name):
             raise _refuse(name, why)
-    if "h2" in _get(cfg, "http_protocols", ["h1"]):
-        raise _refuse("http_protocols", "dualgate serves HTTP/1.1 only")
+    protocols = list(_get(cfg, "http_protocols", ["h1"]))  # gunicorn allows h1 and h2 only
     if _get(cfg, "header_map", "drop") != "drop":
         raise _refuse("header_map", "dualgate drops header names with an underscore (drop)")
     _check_access_log_format(cfg.access_log_format)
@@ -156,6 +155,8 @@ def options(cfg: Any) -> dict[str, Any]:
         "access_log": False,
         "loop": _get(cfg, "asgi_loop", "auto"),
         "lifespan": _get(cfg, "asgi_lifespan", "auto"),
+        # HTTP/2 exactly when gunicorn announced it (ALPN under TLS, prior knowledge on plain).
+        "http2": "on" if "h2" in protocols else "off",
     }
     if cfg.keepalive > 0:
         found["timeout_keep_alive"] = float(cfg.keepalive)

@@ -143,7 +143,8 @@ def test_bad_verify_mode(value: str | int) -> None:
 
 
 def test_alpn_and_extension_over_tls13(tls_certs: Certs) -> None:
-    holder = TLSContextHolder(tls_config(tls_certs))
+    # --http2 off: ALPN offers http/1.1 alone (with HTTP/2 on, h2 first: tests/h2/).
+    holder = TLSContextHolder(tls_config(tls_certs, http2="off"))
     client = tls_certs.client_context()
     client.set_alpn_protocols(["h2", "http/1.1"])
     with tls_server(holder) as port:

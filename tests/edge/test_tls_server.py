@@ -117,7 +117,7 @@ def test_asgi_over_https(serve: ServeFactory, tls_certs: Certs, loop: str) -> No
         f"https://localhost:{server.port}/",
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.endswith(b"1.1")  # ALPN offered http/1.1 only
+    assert done.stdout.endswith(b"2")  # ALPN offered h2 first (--http2 auto, h2 installed)
 
 
 def test_keep_alive_and_pipelining_over_tls(serve: ServeFactory, tls_certs: Certs) -> None:

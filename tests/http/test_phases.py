@@ -48,9 +48,10 @@ def test_every_phase_can_close_and_none_is_dead() -> None:
     assert reachable(ConnectionPhase.IDLE) == set(ConnectionPhase)
 
 
-def test_upgraded_only_from_responding_and_only_to_closed() -> None:
+def test_upgraded_only_from_responding_or_idle_and_only_to_closed() -> None:
+    # RESPONDING: a WebSocket's 101; IDLE: HTTP/2 takes a connection before its first request.
     sources = {source for source, targets in MOVES.items() if ConnectionPhase.UPGRADED in targets}
-    assert sources == {ConnectionPhase.RESPONDING}
+    assert sources == {ConnectionPhase.RESPONDING, ConnectionPhase.IDLE}
     assert MOVES[ConnectionPhase.UPGRADED] == {ConnectionPhase.CLOSED}
 
 

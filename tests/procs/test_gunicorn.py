@@ -360,6 +360,11 @@ def test_settings_map_tls_edge_and_loop() -> None:
     assert found["access_log"] is False
 
 
+def test_http_protocols_decide_http2() -> None:
+    assert options(_gunicorn_config())["http2"] == "off"
+    assert options(_gunicorn_config("--http-protocols", "h2,h1"))["http2"] == "on"
+
+
 def test_settings_map_proxy_protocol_on_one_trust_list() -> None:
     found = options(_gunicorn_config("--proxy-protocol=auto"))
     assert found["proxy_protocol"] is True
@@ -376,7 +381,6 @@ def test_settings_map_proxy_protocol_on_one_trust_list() -> None:
         (("--certfile", "c.pem", "--cert-reqs", "2"), "cert_reqs"),
         (("--ssl-version", "TLSv1"), "ssl_version"),
         (("--no-sendfile",), "sendfile"),
-        (("--http-protocols", "h2,h1"), "http_protocols"),
         (("--header-map", "refuse"), "header_map"),
         (("--forwarder-headers", "SCRIPT_NAME,REMOTE_USER"), "forwarder_headers"),
         (("--http-parser", "python"), "http_parser"),
