@@ -165,6 +165,13 @@ class StreamCyclePort:
     def writing_paused(self) -> bool:
         return self._stream.writing_paused
 
+    def lend_wire(self, cycle: RequestCycle) -> None:
+        # A stream's bytes are frames of a shared connection: a pool thread never writes them.
+        return None
+
+    def sent_directly(self, size: int) -> None:
+        raise AssertionError("an HTTP/2 stream never lends its wire")
+
     def frame_head(
         self,
         status: int,

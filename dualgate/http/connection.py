@@ -32,6 +32,7 @@ from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, reader_for
 from dualgate.http.state import ServerState
+from dualgate.http.wire import DirectWire, wire_fd
 from dualgate.logs import error_logger, log_access
 
 __all__ = ["HTTPProtocol"]
@@ -75,6 +76,10 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         # The first bytes of a plain connection (at most the 24 of the HTTP/2 preface) while
         # they may still be the preface; None once decided, or when HTTP/2 is off.
         self._sniffed: bytes | None = None
+        # The socket a pool thread may write a whole response to (wire.py): its descriptor,
+        # decided once, and the wire, made at its first loan.
+        self._wire_fd = -1
+        self._wire: DirectWire | None = None
 
     def _move(self, phase: ConnectionPhase) -> None:
         assert phase in MOVES[self.phase], f"{self.phase} -> {phase}"
@@ -91,6 +96,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.view, self.believed, self.can_sendfile = describe(
             transport, state, self.loop, self._given_client
         )
+        self._wire_fd = wire_fd(transport)
         # Over the limit, the connection is still read far enough to answer 503, so the client
         # learns why instead of seeing a reset.
         self._over_limit = len(self.state.connections) >= config.limit_concurrency
@@ -107,6 +113,9 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.phase is _UPGRADED:
             return
+        if self._wire is not None:
+            self._settle_direct()
+            self._wire.lost()  # before asyncio closes the socket: no thread writes to it now
         self.phase = _CLOSED
         self.state.connections.discard(self)
         self.flow.connection_lost()
@@ -122,6 +131,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
+        self._settle_direct()
         if self._sniffed is not None:
             data = self._sniffed + data
             verdict = sniff(data)
@@ -145,6 +155,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         # A client may half-close after sending its request and still wait for the response,
         # so the transport stays open for writing. TLS has no half-close: the TLS layer closes
         # after an EOF whatever is returned here (asyncio warns when asked to keep it open).
+        self._settle_direct()
         self.reader.feed_eof()
         self._read_events()
         return self.view.scheme == "http"
@@ -175,6 +186,8 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
                 elif event is END:
                     self._on_end()
                 elif event is PAUSED:
+                    if self._settle_direct():
+                        continue  # a thread wrote the response meanwhile: on to the next one
                     # The next request waits for this response; stop reading so it cannot
                     # pile up meanwhile.
                     self.flow.pause_reading()
@@ -312,6 +325,33 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             _log_access(cycle)
         self.close()
 
+    def lend_wire(self, cycle: RequestCycle) -> DirectWire | None:
+        # Only while nothing is queued and nothing else writes (wire.py says why that holds).
+        if (
+            self._wire_fd < 0
+            or self.phase is not _RESPONDING
+            or self.flow.writing_paused
+            or self.transport.get_write_buffer_size()
+        ):
+            return None
+        if self._wire is None:
+            self._wire = DirectWire(self._wire_fd, _reports_each_response(self))
+        self._wire.lend(cycle)
+        return self._wire
+
+    def sent_directly(self, size: int) -> None:
+        pass  # counted by metered.py's subclass only
+
+    def _settle_direct(self) -> bool:
+        """Finish the response a pool thread wrote in full itself (wire.py), if it has; if not,
+        the thread posts its end instead. Whether one was finished."""
+        if self._wire is None or self.cycle is None:
+            return False
+        claimed = self._wire.claim()
+        if claimed is not None:
+            claimed[0].sent_directly(claimed[1], b"")
+        return claimed is not None
+
     def upgrade(self, cycle: RequestCycle, takeover: Takeover) -> None:
         if self.phase is _CLOSED:
             return
@@ -389,6 +429,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the server's periodic sweep."""
+        self._settle_direct()  # so a response written meanwhile starts the keep-alive wait
         kind = self.flow.expired(now)
         if kind is None or self.phase is _CLOSED:
             return
@@ -409,6 +450,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: close when idle; a request in flight finishes first, and so does the
         first request of a connection accepted just now."""
+        self._settle_direct()
         if self.cycle is not None and not self.cycle.complete:
             return  # its response says "Connection: close" and closes after it
         grace = self._accepted_at + _FIRST_REQUEST_GRACE - self.loop.time()
@@ -446,4 +488,15 @@ def _log_access(cycle: RequestCycle) -> None:
         cycle.started_at,
         request.headers,
         cycle.response_headers,
+    )
+
+
+def _reports_each_response(protocol: HTTPProtocol) -> bool:
+    """Whether the connection reports each response as it ends (the access log; metrics and
+    hooks, as a subclass): then it hears of a response a thread wrote at once (wire.py)."""
+    cls = type(protocol)
+    return (
+        protocol.state.access_log
+        or cls.response_done is not HTTPProtocol.response_done
+        or cls.response_failed is not HTTPProtocol.response_failed
     )

@@ -2,7 +2,9 @@
 
 Rules of this file:
 - Everything here runs on the event loop thread; pool threads reach a cycle only by posting
-  to the loop (wsgi/threads.py).
+  to the loop (wsgi/threads.py). The one exception is `whole_response`, run by the pool thread
+  the connection's wire is lent to (wire.py): until that thread gives the wire back, the loop
+  neither writes to the connection nor reads the response state.
 - The request facts (`request`: method, target, headers, version, framing) are read-only once
   the reader has checked them. The request body arrives through `feed_body`/`feed_end`/`lose`,
   called by the connection (connection.py) alone; an interface takes it with `take_body`.
@@ -42,6 +44,7 @@ from dualgate.logs import error_logger
 
 if TYPE_CHECKING:
     from dualgate.http.state import ServerState
+    from dualgate.http.wire import DirectWire
     from dualgate.metrics.counters import InterfaceFigures
 
 __all__ = ["Port", "RequestCycle", "Takeover", "View", "loop_can_sendfile"]
@@ -100,6 +103,13 @@ class Port(Protocol):
     def response_done(self, cycle: RequestCycle) -> None: ...
     def response_failed(self, cycle: RequestCycle) -> None: ...
     def upgrade(self, cycle: RequestCycle, takeover: Takeover) -> None: ...
+
+    def lend_wire(self, cycle: RequestCycle) -> DirectWire | None:
+        """The socket, for a pool thread to write `cycle`'s whole response itself (wire.py), or
+        None when it may not (TLS, uvloop, bytes still queued)."""
+
+    def sent_directly(self, size: int) -> None:
+        """A pool thread wrote `size` bytes of a response to the socket itself (for counting)."""
 
 
 class RequestCycle:
@@ -255,29 +265,23 @@ class RequestCycle:
         """Run `callback` once the transport can take more bytes (at once if it can now)."""
         self._port.when_writable(callback)
 
-    def _head(
+    def _build_head(
         self, status: int, headers: Headers, reason: bytes, whole: int | None
-    ) -> bytes | None:
+    ) -> ResponseHead:
         request = self.request
-        try:
-            head = self._port.frame_head(
-                status,
-                reason or REASONS.get(status, b""),
-                headers,
-                head_request=request.method == b"HEAD",
-                http11=request.http_version == b"1.1",
-                keep_alive=self.keep_alive and not self._port.closing,
-                whole_body=whole,
-                extra=self._extra,
-                extra_head=self._extra_head,
-            )
-        except ValueError as exc:
-            # Not valid HTTP (a bad Content-Length, a control character): the client gets a
-            # 500 and a close instead, and the log says why.
-            error_logger.error("Response refused: %s", exc)
-            self.keep_alive = False
-            self.respond_error(500, "Internal Server Error\n")
-            return None
+        return self._port.frame_head(
+            status,
+            reason or REASONS.get(status, b""),
+            headers,
+            head_request=request.method == b"HEAD",
+            http11=request.http_version == b"1.1",
+            keep_alive=self.keep_alive and not self._port.closing,
+            whole_body=whole,
+            extra=self._extra,
+            extra_head=self._extra_head,
+        )
+
+    def _head_decided(self, status: int, headers: Headers, head: ResponseHead) -> bytes:
         self.status = status
         self.response_headers = headers
         self.head_sent = True
@@ -285,6 +289,20 @@ class RequestCycle:
         self._framing = head.framing
         self._remaining = head.length
         return head.data
+
+    def _head(
+        self, status: int, headers: Headers, reason: bytes, whole: int | None
+    ) -> bytes | None:
+        try:
+            head = self._build_head(status, headers, reason, whole)
+        except ValueError as exc:
+            # Not valid HTTP (a bad Content-Length, a control character): the client gets a
+            # 500 and a close instead, and the log says why.
+            error_logger.error("Response refused: %s", exc)
+            self.keep_alive = False
+            self.respond_error(500, "Internal Server Error\n")
+            return None
+        return self._head_decided(status, headers, head)
 
     def send_head(self, status: int, headers: Headers, reason: bytes = b"") -> None:
         if self.complete:
@@ -307,6 +325,40 @@ class RequestCycle:
         else:
             self._port.write(head)
         self.finish()
+
+    def whole_response(
+        self, status: int, headers: Headers, body: bytes, reason: bytes = b""
+    ) -> bytes | None:
+        """`respond`'s bytes, for the pool thread the wire is lent to to write itself; None when
+        the head is not valid HTTP (`respond`, on the loop, then answers 500 and logs why).
+
+        Runs in that thread (see the rules above); the response state is decided as `respond`
+        decides it, and `sent_directly` (on the loop) ends the response.
+        """
+        try:
+            head = self._build_head(status, headers, reason, len(body))
+        except ValueError:
+            return None
+        data = self._head_decided(status, headers, head)
+        if body and self._framing != EMPTY:
+            self.sent_bytes += len(body)
+            self._remaining = 0
+            return data + body
+        return data
+
+    def sent_directly(self, written: int, rest: bytes) -> None:
+        """On the loop: the thread wrote `written` bytes of `whole_response`; `rest` is what the
+        socket did not take. Writes the rest, and finishes."""
+        if written:
+            self._port.sent_directly(written)
+        if rest:
+            self._port.write(rest)
+        self.finish()
+
+    def lend_wire(self) -> DirectWire | None:
+        """On the loop, as a pool thread is given the request: the wire, for it to write the
+        whole response itself (wire.py), or None."""
+        return self._port.lend_wire(self)
 
     def send_body(self, data: bytes) -> None:
         if not data or self.complete or self.disconnected:

@@ -34,6 +34,16 @@ CLOSE = 3  # ended by closing the connection (HTTP/1.0 clients only)
 FRAMED = 4  # framed by the protocol below, and ended with its stream (HTTP/2 DATA frames)
 
 _valid_names: set[bytes] = set()
+# Parts of heads already checked, each as it goes on the wire: the status line of a (status,
+# reason) and the line of a (name, value) field that needs no framing decision. Most responses
+# repeat them, so a head is mostly dictionary look-ups. Bounded, like `_valid_names`: past the
+# bound (or for a long value) a part is checked each time, as before.
+_status_lines: dict[tuple[int, bytes], bytes] = {}
+_field_lines: dict[tuple[bytes, bytes], bytes] = {}
+_CACHE_LIMIT = 1024
+_CACHED_VALUE_LIMIT = 256
+# Fields that decide the framing or stand in for a default header: never cached, always read.
+_DECIDING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"date", b"server"})
 
 
 class ResponseHead:
@@ -71,15 +81,20 @@ def build_head(
     """Serialise a response head. `whole_body` is the body's length when it is known in full;
     `extra` (Date, Server) is added where the application gave none, `extra_head` being it
     already serialised."""
-    if not 200 <= status <= 999:
-        raise ValueError(f"invalid final status code {status}")
-    if BAD_VALUE.search(reason):
-        raise ValueError(f"invalid reason phrase {reason!r}")
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    status_line = _status_lines.get((status, reason))
+    if status_line is None:
+        status_line = _status_line(status, reason)
+    lines = [status_line]
     content_length: int | None = None
     chunked = False
     has_date = has_server = False
-    for name, value in headers:
+    field_lines = _field_lines
+    for field in headers:
+        line = field_lines.get(field)
+        if line is not None:
+            lines.append(line)
+            continue
+        name, value = field
         _check_name(name)
         if BAD_VALUE.search(value):
             raise ValueError(f"invalid value for response header {name!r}: {value!r}")
@@ -102,7 +117,16 @@ def build_head(
             has_date = True
         elif lower == b"server":
             has_server = True
-        lines.append(name + b": " + value + b"\r\n")
+        line = name + b": " + value + b"\r\n"
+        if (
+            lower not in _DECIDING
+            and len(value) <= _CACHED_VALUE_LIMIT
+            and len(field_lines) < _CACHE_LIMIT
+            and type(name) is bytes
+            and type(value) is bytes
+        ):
+            field_lines[(name, value)] = line
+        lines.append(line)
     if chunked:
         content_length = None
     if head_request or status in (204, 304):
@@ -140,6 +164,17 @@ def build_head(
             lines.append(name + b": " + value + b"\r\n")
     lines.append(b"\r\n")
     return ResponseHead(b"".join(lines), framing, content_length or 0, keep_alive)
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    if not 200 <= status <= 999:
+        raise ValueError(f"invalid final status code {status}")
+    if BAD_VALUE.search(reason):
+        raise ValueError(f"invalid reason phrase {reason!r}")
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    if len(_status_lines) < _CACHE_LIMIT and type(reason) is bytes and type(status) is int:
+        _status_lines[(status, reason)] = line
+    return line
 
 
 def refusal_response(

@@ -53,6 +53,9 @@ class MeteredHTTPProtocol(HTTPProtocol):
             self._metrics.sent_bytes += len(data)
             self.transport.write(data)
 
+    def sent_directly(self, size: int) -> None:
+        self._metrics.sent_bytes += size
+
     def response_done(self, cycle: RequestCycle) -> None:
         try:
             figures = cycle.interface

@@ -414,9 +414,28 @@ class _Response:
         self.sink.end(b"" if self.is_head else body)
 
 
+# start_response's answers already checked: a status string as (code, reason), and a header
+# pair that needs no decision per response (not Content-Length) as its encoded pair. Bounded;
+# past the bound (or for a long value) each is checked every time, as before.
+_statuses: dict[str, tuple[int, bytes]] = {}
+_encoded_pairs: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+_CACHE_LIMIT = 1024
+_CACHED_VALUE_LIMIT = 256
+
+
 def _parse_status(status: str) -> tuple[int, bytes]:
     if type(status) is not str:
         raise TypeError(f"status must be a str, not {type(status).__name__}")
+    parsed = _statuses.get(status)
+    if parsed is not None:
+        return parsed
+    parsed = _check_status(status)
+    if len(_statuses) < _CACHE_LIMIT:
+        _statuses[status] = parsed
+    return parsed
+
+
+def _check_status(status: str) -> tuple[int, bytes]:
     code, _, reason = status.partition(" ")
     if len(code) != 3 or not code.isdigit() or not 200 <= int(code) <= 999:
         raise ValueError(f"status must start with a 3-digit final status code: {status!r}")
@@ -436,6 +455,10 @@ def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"header names and values must be str: {item!r}")
+        pair = _encoded_pairs.get(item)
+        if pair is not None:
+            encoded.append(pair)
+            continue
         if not TOKEN_TEXT.fullmatch(name):
             raise ValueError(f"invalid header name: {name!r}")
         if BAD_VALUE_TEXT.search(value):
@@ -450,9 +473,16 @@ def _encode_headers(headers: list[tuple[str, str]]) -> tuple[Headers, int | None
                 raise ValueError("conflicting Content-Length headers")
             content_length = int(value)
         try:
-            encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+            pair = (name.encode("latin-1"), value.encode("latin-1"))
         except UnicodeEncodeError:
             raise ValueError(f"header {name!r} is not latin-1 encodable") from None
+        encoded.append(pair)
+        if (
+            lower != "content-length"
+            and len(value) <= _CACHED_VALUE_LIMIT
+            and len(_encoded_pairs) < _CACHE_LIMIT
+        ):
+            _encoded_pairs[(name, value)] = pair
     return encoded, content_length
 
 

@@ -160,6 +160,29 @@ class ThreadPool:
                 if self._free == 1 and self.on_full is not None:
                     self.on_full(False)
 
+    def release_from_thread(self, loop: Loop) -> None:
+        """`release`, from the pool thread whose job is done, so the loop need not wake for it
+        (a thread that wrote its response itself: wsgi/threads.py). `on_full` is still told on
+        the loop, where it reads the pool afresh."""
+        with self._lock:
+            if self._waiting:
+                job, _on_refused, _deadline, since = self._waiting.popleft()
+                self._jobs.put(job)
+                waited = time.monotonic() - since
+                self._waits.observe(waited)
+                self._window_longest = max(self._window_longest, waited)
+                return
+            self._free += 1
+            if self._free != 1 or self.on_full is None:
+                return
+        loop.call_soon_threadsafe(self._tell_not_full)
+
+    def _tell_not_full(self) -> None:
+        with self._lock:
+            # Full again since the thread freed up (a job taken meanwhile): then nothing changed.
+            if self._free > 0 and self.on_full is not None:
+                self.on_full(False)
+
     def figures(self) -> PoolFigures:
         """The pool now; safe from any thread."""
         with self._lock:

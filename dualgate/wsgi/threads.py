@@ -10,7 +10,9 @@ Rules of this file:
   high-water mark (the cycle then pauses the socket), and `ThreadSink.write` waits while more
   than the high-water mark is queued towards a slow client.
 - A request whose body has fully arrived, and a small complete response, cross threads once
-  each way: the job going in, and one post coming back.
+  each way: the job going in, and one post coming back. On a plain TCP connection (wire.py)
+  the thread writes such a response to the socket itself and the loop learns of it at its next
+  event on the connection: one crossing in all, unless the loop is waiting for it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from wsgiref.types import WSGIApplication
 
 from dualgate.http.cycle import RequestCycle
 from dualgate.http.paths import strip_root_path
+from dualgate.http.wire import DirectWire
 from dualgate.wsgi.bridge import (
     BodySource,
     BytesSource,
@@ -153,7 +156,8 @@ class ThreadSink:
     """The response of one request, from its pool thread to the loop.
 
     `start` and `end` only record: the job's single post at completion carries them, so a small
-    response crosses threads once. `write` posts at once and waits while too much is queued.
+    response crosses threads once; with a `wire` lent, `complete` writes it to the socket
+    itself and need not post at all. `write` posts at once and waits while too much is queued.
     """
 
     def __init__(
@@ -163,12 +167,14 @@ class ThreadSink:
         inbox: LoopInbox,
         pool: ThreadPool,
         high_water: int,
+        wire: DirectWire | None = None,
     ) -> None:
         self._cycle = cycle
         self._loop = loop
         self._post = inbox.post
         self._pool = pool
         self._high_water = high_water
+        self._wire = wire
         self._head: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None
         self._tail: bytes | None = None
         self._aborted = False
@@ -181,10 +187,19 @@ class ThreadSink:
     def start(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self._head = (status, headers, reason)
 
+    def _give_back_wire(self) -> None:
+        """The response goes out through the loop: the loop may write from the first post on."""
+        wire = self._wire
+        if wire is not None:
+            self._wire = None
+            wire.give_back(self._cycle)
+
     def write(self, data: bytes) -> None:
         cycle = self._cycle
         if cycle.disconnected:
             raise ClientDisconnected("the client went away")
+        if self._wire is not None:
+            self._give_back_wire()
         drained = self._drained
         if drained is None:
             drained = self._drained = threading.Condition(threading.Lock())
@@ -237,6 +252,7 @@ class ThreadSink:
             # run_wsgi sends the file in blocks through write(), reading it in this thread
             # rather than on the loop.
             return False
+        self._give_back_wire()
         head, self._head = self._head, None
         future = asyncio.run_coroutine_threadsafe(
             self._sendfile_on_loop(head, file, offset, count), self._loop
@@ -267,8 +283,38 @@ class ThreadSink:
         self._aborted = True
 
     def complete(self) -> None:
-        """From the worker, once the application is done: the one post that finishes it all."""
-        self._post(self._complete_on_loop, self._head, self._tail, self._aborted)
+        """From the worker, once the application is done: the one post that finishes it all,
+        or none when the thread writes the whole response itself."""
+        head, tail = self._head, self._tail
+        wire = self._wire
+        if wire is not None:
+            if head is not None and tail is not None and not self._aborted:
+                if self._write_whole(wire, head, tail):
+                    return
+            else:
+                self._give_back_wire()
+        self._post(self._complete_on_loop, head, tail, self._aborted)
+
+    def _write_whole(
+        self,
+        wire: DirectWire,
+        head: tuple[int, list[tuple[bytes, bytes]], bytes],
+        body: bytes,
+    ) -> bool:
+        """Write the whole response to the socket (wire.py); False when the loop must build it
+        after all (an invalid head: its 500 and log line are the loop's)."""
+        cycle = self._cycle
+        status, headers, reason = head
+        data = cycle.whole_response(status, headers, body, reason)
+        if data is None:
+            self._give_back_wire()
+            return False
+        written, settled = wire.write_last(cycle, data, not cycle.keep_alive)
+        # The thread is free from here on: counted so without waiting for the loop.
+        self._pool.release_from_thread(self._loop)
+        if not settled:
+            self._post(cycle.sent_directly, written, data[written:] if written else data)
+        return True
 
     def _complete_on_loop(
         self,
@@ -330,14 +376,17 @@ class WSGIHandler:
             cycle.when_body_ready(functools.partial(self, cycle))
             return
         source: BodySource
+        wire = None
         if cycle.body_complete:
             source = BytesSource(cycle.take_body()[0])
+            wire = cycle.lend_wire()
         else:
             source = _ThreadBody(cycle, self.loop, self.high_water)
-        sink = ThreadSink(cycle, self.loop, self.inbox, self.pool, self.high_water)
+        sink = ThreadSink(cycle, self.loop, self.inbox, self.pool, self.high_water, wire)
         context = contextvars.copy_context()
         job = functools.partial(context.run, self._run, cycle, source, sink)
-        self.pool.submit(job, functools.partial(_refuse_busy, cycle), self.worker_wait, self.loop)
+        refuse = functools.partial(_refuse_busy, cycle, wire)
+        self.pool.submit(job, refuse, self.worker_wait, self.loop)
 
     def _run(self, cycle: RequestCycle, source: BodySource, sink: ThreadSink) -> None:
         try:
@@ -374,6 +423,8 @@ class WSGIHandler:
         )
 
 
-def _refuse_busy(cycle: RequestCycle) -> None:
+def _refuse_busy(cycle: RequestCycle, wire: DirectWire | None) -> None:
+    if wire is not None:
+        wire.give_back(cycle)  # the job never ran: the loop writes the 503
     if not cycle.disconnected:
         cycle.respond_error(BUSY_STATUS, BUSY_MESSAGE, [BUSY_RETRY_AFTER])

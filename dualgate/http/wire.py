@@ -1,0 +1,135 @@
+"""`DirectWire`: a plain-TCP connection's socket, lent to one pool thread for one whole response.
+
+Why: a WSGI response written by the loop costs a second thread crossing per request (the post
+back, a write to the loop's wake-up pipe and a read of it, and the loop's turn to write). A pool
+thread that writes a complete response to the socket itself, and lets the loop learn of it at
+the loop's next event on the connection, costs one crossing: the job going in.
+
+Rules of this file (why it is safe):
+- Only asyncio's own selector transport lends its socket (`wire_fd`). It writes to the socket
+  from its own buffer, and only while that buffer holds bytes. TLS transports, dualgate's TLS
+  layer and uvloop's transports never lend theirs (uvloop closes its handle before it calls
+  `connection_lost`, so the rule on closing below would not hold there).
+- The loop lends the wire (`lend`) to a cycle only while the transport's buffer is empty and
+  writing is not paused, and only for a request whose body is complete; from then on nothing on
+  the loop writes to the connection until the thread has given the wire back: every write of
+  the cycle's response comes from the thread's posts, the reader holds whatever follows the
+  request (nothing is refused or answered 100-continue meanwhile), and no deadline runs while
+  a response is being made. The thread gives the wire back when it writes through the loop
+  after all (a streamed body, a file, an abort), before its first post.
+- The thread writes only under the wire's lock, only while the wire is lent to its cycle, and
+  only while the connection is not gone: `connection_lost` marks it gone under the same lock,
+  and asyncio closes the socket only after `connection_lost` returns. So a thread never writes
+  to a closed descriptor, nor to one the OS has since given to another connection.
+- One `os.write` of the whole response. What the socket does not take goes back to the loop
+  with a post, and the loop writes the rest through the transport: the bytes stay in order and
+  backpressure (pause_writing, the write timeout) is the transport's, as for any response.
+- The loop learns of a response written in full without a wake-up: `claim()`, at its next
+  event on the connection (the next request's bytes, EOF, the close, the deadline sweep, a
+  graceful stop). Whenever the loop is waiting for the response with nothing else due to wake
+  it (a pipelined request's bytes already read; a graceful stop), `claim()` finds the response
+  not yet written and asks the thread to post instead (`_wake`); so does a response after which
+  the connection closes, and every response of a connection that reports each response as it
+  ends (access log, metrics, hooks: `always_wake`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dualgate.http.cycle import RequestCycle
+
+__all__ = ["DirectWire", "wire_fd"]
+
+# The transport class whose socket may be lent (see the rules above); looked up by name, as
+# asyncio does not export it.
+_SELECTOR_SOCKET_TRANSPORT: type | None = getattr(
+    asyncio.selector_events, "_SelectorSocketTransport", None
+)
+
+
+def wire_fd(transport: asyncio.BaseTransport) -> int:
+    """The socket descriptor a pool thread may write to, or -1 when this transport lends none."""
+    if _SELECTOR_SOCKET_TRANSPORT is None or type(transport) is not _SELECTOR_SOCKET_TRANSPORT:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
+
+
+class DirectWire:
+    """The wire of one connection: lent by the loop, written by at most one thread at a time."""
+
+    __slots__ = ("_fd", "_finished", "_gone", "_lent", "_lock", "_wake", "_written", "always_wake")
+
+    def __init__(self, fd: int, always_wake: bool) -> None:
+        self._lock = threading.Lock()
+        self._fd = fd
+        self._gone = False
+        self._lent: RequestCycle | None = None
+        # A response the thread wrote in full, which the loop has not claimed yet.
+        self._finished: RequestCycle | None = None
+        self._written = 0
+        self._wake = False
+        self.always_wake = always_wake
+
+    # -- the loop's side ----------------------------------------------------------------
+
+    def lend(self, cycle: RequestCycle) -> None:
+        with self._lock:
+            self._lent = cycle
+            self._wake = self.always_wake
+
+    def claim(self) -> tuple[RequestCycle, int] | None:
+        """The cycle whose response a thread wrote in full, and the bytes it wrote; or None,
+        and the thread still holding the wire will post when it is done."""
+        with self._lock:
+            finished = self._finished
+            if finished is not None:
+                self._finished = None
+                return finished, self._written
+            if self._lent is not None:
+                self._wake = True
+            return None
+
+    def lost(self) -> None:
+        """The connection is gone (connection_lost, before asyncio closes the socket)."""
+        with self._lock:
+            self._gone = True
+
+    # -- the thread's side --------------------------------------------------------------
+
+    def give_back(self, cycle: RequestCycle) -> None:
+        """The response goes through the loop after all (or, called on the loop, its job never
+        ran): from now on only the loop writes."""
+        with self._lock:
+            if self._lent is cycle:
+                self._lent = None
+
+    def write_last(self, cycle: RequestCycle, data: bytes, closes: bool) -> tuple[int, bool]:
+        """Write `data`, all that is left of the response, and give the wire back.
+
+        Returns the bytes written and whether that is all the loop needs: False when it must be
+        posted the rest (`data[written:]`, possibly all of it) and the response's end.
+        """
+        with self._lock:
+            if self._lent is not cycle:
+                return 0, False
+            self._lent = None
+            if self._gone:
+                return 0, False
+            try:
+                written = os.write(self._fd, data)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                # Reset or broken: the loop's write meets the same error and closes.
+                return 0, False
+            if written < len(data) or self._wake or closes:
+                return written, False
+            self._finished = cycle
+            self._written = written
+            return written, True
