@@ -73,6 +73,11 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._in_events = False
 
     def _move(self, phase: ConnectionPhase) -> None:
+        """A move checked against the table. The moves every request makes, whose phase before
+        is known where they are made (IDLE -> HEAD on bytes, HEAD -> RESPONDING or BODY on a
+        head, RESPONDING -> IDLE or HEAD after the response), are plain assignments: hashing
+        an enum member runs Python code, and the check cost more than the move.
+        tests/http/test_connection_memory.py walks a connection through them against the table."""
         assert phase in MOVES[self.phase], f"{self.phase} -> {phase}"
         self.phase = phase
 
@@ -114,7 +119,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
         phase = self.phase
         if phase is _IDLE:
-            self._move(_HEAD)
+            self.phase = _HEAD
             self.flow.arm(Deadline.HEAD, self.state.config.timeout_request_head)
         elif (phase is _BODY or phase is _DRAINING) and not self.flow.reading_paused:
             self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
@@ -169,6 +174,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self._in_events = False
 
     def _on_request(self, request: Request) -> None:
+        # The phase is HEAD: a request comes only out of a head.
         state = self.state
         view = self.view
         if self.believed:
@@ -176,20 +182,20 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.cycle = cycle = RequestCycle(
             self, request, view, state.default_headers, state.default_head
         )
-        if self._over_limit or (self.state.shutting_down and self._served):
+        if self._over_limit or (state.shutting_down and self._served):
             if self._over_limit:
-                self.state.metrics.connections_refused += 1
+                state.metrics.connections_refused += 1
             self._refuse(Refusal(503, "Server busy, retry later", "busy"), retry_after=True)
             return
         self._served = True
-        if request.has_body:
-            self._move(_BODY)
-            self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
+        if request.chunked or request.content_length:
+            self.phase = _BODY
+            self.flow.arm(Deadline.BODY, state.config.timeout_read)
         else:
-            self._move(_RESPONDING)
+            self.phase = _RESPONDING
             self.flow.disarm()
         try:
-            self.state.handler(cycle)
+            state.handler(cycle)
         except Exception:
             error_logger.exception("Request handler failed")
             cycle.respond_error(500, "Internal Server Error\n")
@@ -267,13 +273,15 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
 
     def response_done(self, cycle: RequestCycle) -> None:
-        if self.state.access_log:
+        state = self.state
+        if state.access_log:
             _log_access(cycle)
-        if self.phase is _CLOSED:
+        phase = self.phase
+        if phase is _CLOSED:
             return
-        if not cycle.keep_alive or self.state.shutting_down:
+        if not cycle.keep_alive or state.shutting_down:
             self.close()
-        elif self.phase is _RESPONDING:
+        elif phase is _RESPONDING:
             self._next_request()
         else:
             # The application answered without reading the whole body: read and drop the rest.
@@ -311,19 +319,22 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             transport.close()
 
     def _next_request(self) -> None:
+        # The phase is RESPONDING or DRAINING: the response is done, and the body read.
         self.cycle = None
         self._drained = 0
         reader = self.reader
-        reader.start_next()
+        waiting = reader.start_next()
         config = self.state.config
-        if reader.head_started:
-            self._move(_HEAD)
-            self.flow.arm(Deadline.HEAD, config.timeout_request_head)
+        flow = self.flow
+        if waiting:
+            self.phase = _HEAD
+            flow.arm(Deadline.HEAD, config.timeout_request_head)
         else:
-            self._move(_IDLE)
-            self.flow.arm(Deadline.KEEP_ALIVE, config.timeout_keep_alive)
-        self.flow.resume_reading()
-        if reader.head_started or reader.eof:
+            self.phase = _IDLE
+            flow.arm(Deadline.KEEP_ALIVE, config.timeout_keep_alive)
+        if flow.reading_paused:
+            flow.resume_reading()
+        if waiting or reader.eof:
             self._read_events()
 
     # -- refusals, deadlines, closing ---------------------------------------------------

@@ -385,16 +385,23 @@ class RequestReader:
 
     # -- between requests ---------------------------------------------------------------
 
-    def start_next(self) -> None:
-        """The response is done: parse what followed the request as the next request."""
-        self._move(_HEAD)
-        self._window = self._carry.lstrip(b"\r\n")  # empty lines before a request line
+    def start_next(self) -> bool:
+        """The response is done: parse what followed the request as the next request.
+
+        Returns whether bytes of that request are here already (`head_started`)."""
+        # DONE is the only state the table lets move to HEAD: an identity test, not a lookup.
+        assert self._state is _DONE, f"{self._state} -> {_HEAD}"
+        self._state = _HEAD
+        carry = self._carry
+        if carry:
+            self._window = carry = carry.lstrip(b"\r\n")  # empty lines before a request line
+            self._carry = b""
         self._refusal = None
         self._chunked = None
         self._received = 0
         self._body_left = 0
         self._direct = b""
-        self._carry = b""
+        return bool(carry)
 
     def take_leftover(self) -> bytes:
         """For a protocol upgrade: every byte read past the request head."""
