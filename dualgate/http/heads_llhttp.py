@@ -69,4 +69,8 @@ def parse_head_llhttp(head: bytes) -> Head | Refusal:
         headers.append((name, value))
     if hosts > 1 or (not hosts and version == b"1.1"):
         return parse_head_h11(head)
-    return Head(method, target, version, headers)
+    # The NamedTuple's own __new__ is a Python function: a third of a microsecond per head.
+    return _new_head(Head, (method, target, version, headers))
+
+
+_new_head = tuple.__new__

@@ -20,7 +20,7 @@ with bytes waiting behind it), or `CLOSED` (the client sent EOF; mid-body, it we
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dualgate.http.checks import (
     ChunkedFraming,
@@ -68,7 +68,8 @@ CLOSED = _Signal("CLOSED")
 
 
 class Request:
-    """One request head, checked; read-only once made."""
+    """One request head, checked; read-only once made. `expects_continue`: the client waits for
+    a 100 Continue before it sends its body (so never true of a request without one)."""
 
     __slots__ = (
         "chunked",
@@ -293,8 +294,9 @@ class RequestReader:
             lines = window.count(b"\n", 0, limit + 1) - 1
         if lines > self._max_fields:
             return self._fail(Refusal(431, "Too many header fields", "too_large"))
-        too_big = oversized_head(window[:end] if end >= 0 else window, limit)
-        if too_big is not None:
+        if (end if end >= 0 else len(window)) > limit:
+            too_big = oversized_head(window[:end] if end >= 0 else window, limit)
+            assert too_big is not None
             return self._fail(too_big)
         if end < 0:
             if not self._eof:
@@ -304,11 +306,12 @@ class RequestReader:
                     Refusal(400, "Request head incomplete at end of stream", "malformed")
                 )
             return CLOSED  # EOF between requests
-        head = bytes(window[:end])
+        # A head that came in one read is the window whole: no copy.
+        head = window if end == len(window) and type(window) is bytes else bytes(window[:end])
         parsed = self._parse_head(head)
-        if isinstance(parsed, Refusal):
+        if type(parsed) is Refusal:
             return self._fail(parsed)
-        return self._on_head(parsed, head, window[end:])
+        return self._on_head(cast(Head, parsed), head, window[end:])
 
     def _on_head(self, parsed: Head, head: bytes, rest: bytes | bytearray) -> ReaderEvent:
         self._window = b""
@@ -323,8 +326,15 @@ class RequestReader:
         assert type(framing) is Framing
         if target[:1] not in (b"/", b"*"):
             target, headers = origin_form(target, headers)
+        # Asked only of a request with a body: without one, nothing waits for a 100 Continue.
         request = Request(
-            method, target, headers, version, framing, _expects_continue(raw_version, headers)
+            method,
+            target,
+            headers,
+            version,
+            framing,
+            (framing.chunked or framing.content_length > 0)
+            and _expects_continue(raw_version, headers),
         )
         if framing.chunked:
             self._chunked = ChunkedFraming(self._max_fields, self._max_head)
@@ -337,7 +347,8 @@ class RequestReader:
             self._state = _DIRECT
         else:
             # No body: what followed the head belongs to the next request.
-            self._carry = bytes(rest)
+            if rest:
+                self._carry = bytes(rest)
             self._state = _DONE
         return request
 
