@@ -26,6 +26,7 @@ import signal
 import socket
 import threading
 import time
+from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,9 @@ _SHUTDOWN_POLL = 0.05
 _TICK_SLACK = 0.001
 # What the server's own metrics listener queues (asyncio's create_server default).
 _METRICS_BACKLOG = 100
+# Connections a single process accepts per wake-up of a listening socket: as many as asyncio's
+# server would with its default backlog, so a burst is taken in one loop turn.
+_ACCEPT_BATCH = 100
 
 
 class Server:
@@ -236,12 +240,19 @@ class Server:
         tls: dict[str, Any],
     ) -> None:
         listen = {"backlog": self.config.backlog, **tls}
+        # On asyncio's own loop, without TLS, dualgate's acceptor makes each transport directly,
+        # where asyncio.Server would run a task per connection (acceptor.py).
+        lean = isinstance(loop, BaseSelectorEventLoop) and not tls
         for sock in self.sockets:
             if self.hooks.pause_when_busy:
                 # One connection per wake-up: every worker sharing the socket is woken by a new
                 # connection, and one that took the whole queue at once took 99 of 100
                 # connections opened together (one at a time: about 35 and 65).
                 acceptor = Acceptor(loop, sock, protocol_factory, batch=1, **tls)
+                acceptor.start()
+                self._acceptors.append(acceptor)
+            elif lean:
+                acceptor = Acceptor(loop, sock, protocol_factory, batch=_ACCEPT_BATCH)
                 acceptor.start()
                 self._acceptors.append(acceptor)
             elif sock.family == socket.AF_UNIX:
