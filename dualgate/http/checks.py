@@ -95,6 +95,13 @@ def _connection_options(connection_values: list[bytes]) -> set[bytes]:
 
 def wants_keep_alive(http_version: bytes, connection_values: list[bytes]) -> bool:
     """Whether the client's request allows another request on this connection."""
+    if len(connection_values) == 1:
+        # One Connection field of one option, as nearly every client sends: no set built.
+        option = connection_values[0].strip().lower()
+        if option == b"close":
+            return False
+        if option == b"keep-alive":
+            return True
     tokens = _connection_options(connection_values)
     if b"close" in tokens:
         return False

@@ -44,6 +44,8 @@ _FIRST_REQUEST_GRACE = 1.0
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
+# A connection's view until connection_made decides it (peer.py).
+_NO_VIEW = View(None, None, "http", None)
 
 
 class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
@@ -63,7 +65,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.transport: asyncio.Transport
         self.flow: FlowControl
         # Decided in connection_made, once per connection (see the module docstring).
-        self.view = View(None, None, "http", None)
+        self.view = _NO_VIEW
         self.believed = False
         self.can_sendfile = False
         self._over_limit = False

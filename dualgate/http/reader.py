@@ -20,6 +20,7 @@ with bytes waiting behind it), or `CLOSED` (the client sent EOF; mid-body, it we
 from __future__ import annotations
 
 import enum
+import functools
 from typing import TYPE_CHECKING, cast
 
 from dualgate.http.checks import (
@@ -451,6 +452,7 @@ def _expects_continue(http_version: bytes, headers: Headers) -> bool:
 _HTTPTOOLS = httptools_installed()
 
 
+@functools.cache  # asked per connection; the import below is a lookup each time otherwise
 def head_parser(name: str) -> HeadParser:
     """The head parser `--http` names: httptools (llhttp) when installed under "auto"."""
     if name == "h11" or (name == "auto" and not _HTTPTOOLS):
