@@ -191,8 +191,9 @@ class _Exchange:
                 if type(body) is not bytes:
                     body = _body_bytes(body)
                 self._head = None
-                cycle.respond(head[0], head[1], body)
-                self._finish()
+                cycle.respond(head[0], head[1], body)  # and finishes the response
+                if self._wake_receiver is not None:
+                    self._wake_receiver()
                 if cycle.disconnected:
                     raise ClientGone("the client went away")
                 return

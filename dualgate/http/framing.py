@@ -24,6 +24,14 @@ CHUNKED = 2  # Transfer-Encoding: chunked
 CLOSE = 3  # ended by closing the connection (HTTP/1.0 clients only)
 
 _valid_names: set[bytes] = set()
+# Header fields already checked that need nothing but writing out (not a framing field, nor
+# Date or Server), each with its serialised line: an application sends the same few on every
+# response, and a dict lookup costs a fifth of checking one. Bounded, as _valid_names is.
+_plain_lines: dict[tuple[bytes, bytes], bytes] = {}
+_PLAIN_LINES_MAX = 1024
+_SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date", b"server"))
+# Status lines by status and reason (the reason checked when first seen).
+_status_lines: dict[tuple[int, bytes], bytes] = {}
 
 
 class ResponseHead:
@@ -61,15 +69,26 @@ def build_head(
     """Serialise a response head. `whole_body` is the body's length when it is known in full;
     `extra` (Date, Server) is added where the application gave none, `extra_head` being it
     already serialised."""
-    if not 200 <= status <= 999:
-        raise ValueError(f"invalid final status code {status}")
-    if BAD_VALUE.search(reason):
-        raise ValueError(f"invalid reason phrase {reason!r}")
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    status_line = _status_lines.get((status, reason))
+    if status_line is None:
+        if not 200 <= status <= 999:
+            raise ValueError(f"invalid final status code {status}")
+        if BAD_VALUE.search(reason):
+            raise ValueError(f"invalid reason phrase {reason!r}")
+        status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_status_lines) < _PLAIN_LINES_MAX:
+            _status_lines[(status, reason)] = status_line
+    lines = [status_line]
     content_length: int | None = None
     chunked = False
     has_date = has_server = False
-    for name, value in headers:
+    plain_lines = _plain_lines
+    for field in headers:
+        line = plain_lines.get(field)
+        if line is not None:
+            lines.append(line)
+            continue
+        name, value = field
         _check_name(name)
         if BAD_VALUE.search(value):
             raise ValueError(f"invalid value for response header {name!r}: {value!r}")
@@ -92,7 +111,10 @@ def build_head(
             has_date = True
         elif lower == b"server":
             has_server = True
-        lines.append(name + b": " + value + b"\r\n")
+        line = name + b": " + value + b"\r\n"
+        if lower not in _SPECIAL and len(plain_lines) < _PLAIN_LINES_MAX:
+            plain_lines[(name, value)] = line
+        lines.append(line)
     if chunked:
         content_length = None
     if head_request or status in (204, 304):
