@@ -30,6 +30,8 @@ _valid_names: set[bytes] = set()
 _plain_lines: dict[tuple[bytes, bytes], bytes] = {}
 _PLAIN_LINES_MAX = 1024
 _SPECIAL = frozenset((b"content-length", b"transfer-encoding", b"connection", b"date", b"server"))
+# Content-Length fields already checked, with their value as an int (same bound).
+_length_fields: dict[tuple[bytes, bytes], int] = {}
 # Status lines by status and reason (the reason checked when first seen).
 _status_lines: dict[tuple[int, bytes], bytes] = {}
 
@@ -88,6 +90,12 @@ def build_head(
         if line is not None:
             lines.append(line)
             continue
+        length = _length_fields.get(field)
+        if length is not None:
+            if content_length is not None and length != content_length:
+                raise ValueError(f"invalid Content-Length {field[1]!r}")
+            content_length = length
+            continue
         name, value = field
         _check_name(name)
         if BAD_VALUE.search(value):
@@ -97,6 +105,8 @@ def build_head(
             if not value.isdigit() or (content_length is not None and int(value) != content_length):
                 raise ValueError(f"invalid Content-Length {value!r}")
             content_length = int(value)
+            if len(_length_fields) < _PLAIN_LINES_MAX:
+                _length_fields[(name, value)] = content_length
             continue
         if lower == b"transfer-encoding":
             if value.strip().lower() != b"chunked":

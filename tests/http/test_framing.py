@@ -365,8 +365,12 @@ def test_fields_and_status_lines_seen_are_remembered_and_give_the_same_head() ->
     framing._status_lines.clear()
     headers = [(b"content-type", b"text/plain"), (b"content-length", b"2"), (b"x-a", b"1")]
     first = build(headers=headers)
-    # Only the plain fields are remembered: framing fields are read on every response.
+    # Only the plain fields are remembered as lines; a Content-Length with its value, which
+    # frames each response anew.
     assert set(framing._plain_lines) == {(b"content-type", b"text/plain"), (b"x-a", b"1")}
+    assert framing._length_fields[(b"content-length", b"2")] == 2
+    with pytest.raises(ValueError, match="invalid Content-Length"):
+        build(headers=[*headers, (b"Content-Length", b"3")])  # remembered, and still compared
     assert set(framing._status_lines) == {(200, b"OK")}
     again = build(headers=list(headers))
     assert again.data == first.data
@@ -378,6 +382,7 @@ def test_a_bad_field_or_status_line_is_never_remembered() -> None:
 
     framing._plain_lines.clear()
     framing._status_lines.clear()
+    framing._length_fields.clear()
     for _ in range(2):
         with pytest.raises(ValueError, match="invalid value"):
             build(headers=[(b"x-a", b"one\r\ntwo")])
@@ -385,7 +390,10 @@ def test_a_bad_field_or_status_line_is_never_remembered() -> None:
             build(reason=b"O\nK")
         with pytest.raises(ValueError, match="invalid final status"):
             build(status=100)
+        with pytest.raises(ValueError, match="invalid Content-Length"):
+            build(headers=[(b"content-length", b"-1")])
     assert framing._plain_lines == {}
+    assert framing._length_fields == {}
     assert set(framing._status_lines) == {(200, b"OK")}  # the good one, from the bad field's
 
 
