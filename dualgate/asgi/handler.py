@@ -45,7 +45,7 @@ def asgi_client(cycle: RequestCycle) -> tuple[str, int] | None:
     client = cycle.client
     if client is None or client[1] is not None:
         # The connection's own tuple, shared by its requests (a tuple: no request can change it).
-        return cast("tuple[str, int] | None", client)
+        return client  # type: ignore[return-value]  # its port is an int here (no cast: a call)
     return (client[0], 0)  # a forwarded address may come without a port
 
 
@@ -91,7 +91,7 @@ def build_scope(
     if state is not None:
         # Each request gets a shallow copy of the lifespan state (the ASGI spec's words).
         scope["state"] = state.copy()
-    return cast(HTTPScope, scope)
+    return scope  # type: ignore[return-value]  # an HTTPScope (no cast: a call per request)
 
 
 class _Exchange:
@@ -102,7 +102,7 @@ class _Exchange:
     receive() or send() must wait (for body bytes, the end, or the transport to drain).
     """
 
-    __slots__ = ("_body_done", "_cycle", "_head", "_wake_receiver")
+    __slots__ = ("_body_done", "_cycle", "_head", "_task", "_wake_receiver")
 
     def __init__(self, cycle: RequestCycle) -> None:
         self._cycle = cycle
@@ -110,6 +110,8 @@ class _Exchange:
         self._body_done = False
         # Wakes a receive() waiting for the end: set on disconnect, or when send() completes.
         self._wake_receiver: Callable[[], None] | None = None
+        # The task running `run`, which it leaves `tasks` with (set by whoever makes the task).
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
@@ -134,7 +136,8 @@ class _Exchange:
             if not cycle.complete:
                 self._incomplete()
         finally:
-            tasks.discard(asyncio.current_task())
+            # Set by whoever made the task, before it first ran.
+            tasks.discard(self._task)
 
     def _incomplete(self) -> None:
         cycle = self._cycle
@@ -268,7 +271,9 @@ async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle)
     """Run one request through an ASGI application (outside the handler: a router's own use);
     errors become a 500 or a broken-off response."""
     tasks: set[asyncio.Task[None]] = set()
-    await _Exchange(cycle).run(app, scope, tasks)
+    exchange = _Exchange(cycle)
+    exchange._task = asyncio.current_task()
+    await exchange.run(app, scope, tasks)
 
 
 class ASGIHandler:
@@ -303,10 +308,11 @@ class ASGIHandler:
             return
         scope = build_scope(cycle, self.root_path, state, self.proxy_root)
         tasks = self._tasks
+        exchange = _Exchange(cycle)
         # The loop keeps only weak references to tasks; the task leaves the set as it ends.
-        tasks.add(
-            asyncio.get_running_loop().create_task(_Exchange(cycle).run(self.app, scope, tasks))
-        )
+        task = asyncio.get_running_loop().create_task(exchange.run(self.app, scope, tasks))
+        exchange._task = task
+        tasks.add(task)
 
     def _upgrade(self, cycle: RequestCycle, state: dict[str, Any] | None) -> None:
         unavailable = websockets_unavailable(self.config)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from dualgate.http.checks import (
     ChunkedFraming,
@@ -173,7 +173,6 @@ class RequestReader:
         "_carry",
         "_chunked",
         "_direct",
-        "_eof",
         "_max_body",
         "_max_fields",
         "_max_head",
@@ -182,6 +181,7 @@ class RequestReader:
         "_refusal",
         "_state",
         "_window",
+        "eof",
     )
 
     def __init__(
@@ -205,7 +205,8 @@ class RequestReader:
         self._body_left = 0
         self._direct = b""
         self._carry = b""
-        self._eof = False
+        # The client sent EOF (feed_eof); read as an attribute, once per request.
+        self.eof = False
 
     @property
     def head_started(self) -> bool:
@@ -240,7 +241,7 @@ class RequestReader:
             self._carry += data
 
     def feed_eof(self) -> None:
-        self._eof = True
+        self.eof = True
 
     # -- events -------------------------------------------------------------------------
 
@@ -255,7 +256,7 @@ class RequestReader:
         if state is _DONE:
             if self._carry:
                 return PAUSED
-            return CLOSED if self._eof else NEED_DATA
+            return CLOSED if self.eof else NEED_DATA
         return NEED_DATA  # _FAILED
 
     def _move(self, state: ReaderState) -> None:
@@ -300,7 +301,7 @@ class RequestReader:
             assert too_big is not None
             return self._fail(too_big)
         if end < 0:
-            if not self._eof:
+            if not self.eof:
                 return NEED_DATA
             if window:
                 return self._fail(
@@ -312,7 +313,8 @@ class RequestReader:
         parsed = self._parse_head(head)
         if type(parsed) is Refusal:
             return self._fail(parsed)
-        return self._on_head(cast(Head, parsed), head, window[end:])
+        # A Head: mypy does not narrow a NamedTuple union by `type() is` (no cast: a call).
+        return self._on_head(parsed, head, window[end:])  # type: ignore[arg-type]
 
     def _on_head(self, parsed: Head, head: bytes, rest: bytes | bytearray) -> ReaderEvent:
         self._window = b""
@@ -372,7 +374,7 @@ class RequestReader:
         if chunked.done:
             self._state = _DONE
             return END
-        return CLOSED if self._eof else NEED_DATA  # at EOF mid-body, the client went away
+        return CLOSED if self.eof else NEED_DATA  # at EOF mid-body, the client went away
 
     def _body_bytes(self, data: bytes) -> ReaderEvent:
         self._received += len(data)
@@ -386,7 +388,7 @@ class RequestReader:
             if not self._body_left:
                 self._state = _DONE
                 return END
-            return CLOSED if self._eof else NEED_DATA
+            return CLOSED if self.eof else NEED_DATA
         left = self._body_left
         if len(data) > left:
             self._carry += data[left:]
@@ -421,10 +423,6 @@ class RequestReader:
         self._carry = b""
         self._move(_FAILED)
         return leftover
-
-    @property
-    def eof(self) -> bool:
-        return self._eof
 
 
 def reader_for(config: Config) -> RequestReader:
