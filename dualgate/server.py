@@ -37,7 +37,7 @@ from dualgate.edge.preamble import EdgeProtocol
 from dualgate.edge.tls import TLSContextHolder
 from dualgate.errors import ConfigError
 from dualgate.hooks import ServerHooks
-from dualgate.http.connection import HTTPProtocol
+from dualgate.http.connection import HTTPProtocol, reading_class
 from dualgate.http.state import ServerState
 from dualgate.logs import error_logger
 from dualgate.logsetup import configure_logging
@@ -172,7 +172,8 @@ class Server:
         handler, description = await self._wiring.build(loop)
         metrics = self._metrics
         self.state = state = ServerState(config, handler, self._tls, metrics)
-        http = self._wiring.protocol()
+        # Buffered reads on asyncio's loop, uvloop's own elsewhere (connection.py).
+        http = reading_class(self._wiring.protocol(), loop)
         tls: dict[str, Any] = {}
         protocol_factory: Callable[[], asyncio.BaseProtocol]
         if config.proxy_protocol:
@@ -226,8 +227,9 @@ class Server:
         self._metrics_state = state = ServerState(config, endpoint)
         state.access_log = False
         host, port = parse_host_port(config.metrics_address)
+        protocol = reading_class(HTTPProtocol, loop)
         for sock in listen_on(host, port, _METRICS_BACKLOG):
-            listener = await loop.create_server(lambda: HTTPProtocol(state, loop), sock=sock)
+            listener = await loop.create_server(lambda: protocol(state, loop), sock=sock)
             self._metrics_listeners.append(listener)
             self.metrics_addresses.append(sock.getsockname())
         for address in self.metrics_addresses:

@@ -33,7 +33,7 @@ from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, reader
 from dualgate.http.state import ServerState
 from dualgate.logs import error_logger, log_access
 
-__all__ = ["HTTPProtocol"]
+__all__ = ["HTTPProtocol", "reading_class"]
 
 _IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = ConnectionPhase
 
@@ -48,7 +48,10 @@ _MAX_DRAIN = 1 << 20
 _NO_VIEW = View(None, None, "http", None)
 
 
-class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
+class HTTPProtocol(asyncio.Protocol):
+    """One connection. Served as is on uvloop, which reads into a buffer of its own and makes
+    each read's bytes in C; on asyncio's loop, as `reading_class` makes it (buffered reads)."""
+
     def __init__(
         self,
         state: ServerState,
@@ -109,13 +112,6 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.flow.connection_lost()
         if self.cycle is not None:
             self.cycle.lose()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return read_buffer()  # one per loop thread, reused (buffer.py)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # Copied out: the reader keeps what it is fed, and the buffer is read into again.
-        self.data_received(bytes(read_buffer()[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
@@ -416,6 +412,40 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         if self.phase is not _UPGRADED:
             self.phase = _CLOSED
             self.transport.abort()
+
+
+class _BufferedReads(asyncio.BufferedProtocol):
+    """Reads into the loop thread's one buffer (buffer.py), for asyncio's own loop: it would
+    make a fresh 256 KiB object per read otherwise, and fragment the heap. On uvloop this costs
+    two Python calls and a slice per read for nothing: uvloop reads into a buffer of its own."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return read_buffer()  # one per loop thread, reused (buffer.py)
+
+    # HTTPProtocol's (or a subclass's), which comes first in the class reading_class makes.
+    data_received: Callable[[bytes], None]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Copied out: the reader keeps what it is fed, and the buffer is read into again.
+        self.data_received(bytes(read_buffer()[:nbytes]))
+
+
+_buffered: dict[type[HTTPProtocol], type[HTTPProtocol]] = {}
+
+
+def reading_class(
+    protocol: type[HTTPProtocol], loop: asyncio.AbstractEventLoop
+) -> type[HTTPProtocol]:
+    """`protocol` as the connections of `loop` are served: with buffered reads on asyncio's own
+    loops (and any subclass of BaseEventLoop), as it is elsewhere (uvloop)."""
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return protocol
+    buffered = _buffered.get(protocol)
+    if buffered is None:
+        # A class per protocol class (metered, reporting), made once.
+        buffered = type("Buffered" + protocol.__name__, (protocol, _BufferedReads), {})
+        _buffered[protocol] = buffered
+    return buffered
 
 
 def _log_access(cycle: RequestCycle) -> None:

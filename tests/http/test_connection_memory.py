@@ -372,3 +372,31 @@ async def test_every_move_a_connection_makes_is_in_the_phase_table() -> None:
         (_responding, _upgraded),
         (_head, _closed),
     } <= seen
+
+
+def test_reading_class_adds_buffered_reads_on_asyncio_only() -> None:
+    import uvloop
+
+    from dualgate.http.connection import reading_class
+
+    asyncio_loop, uv_loop = asyncio.new_event_loop(), uvloop.new_event_loop()
+    try:
+        assert reading_class(HTTPProtocol, uv_loop) is HTTPProtocol
+        buffered = reading_class(HTTPProtocol, asyncio_loop)
+        assert issubclass(buffered, asyncio.BufferedProtocol)
+        assert buffered.__mro__[1] is HTTPProtocol  # HTTPProtocol's methods come first
+        assert reading_class(HTTPProtocol, asyncio_loop) is buffered  # made once
+        # Bytes read into the shared buffer reach data_received as a copy.
+        config = Config(app="unused:app", date_header=False, server_header=False)
+        got: list[bytes] = []
+        protocol = buffered(ServerState(config, lambda cycle: None), asyncio_loop)
+        protocol.data_received = got.append  # type: ignore[method-assign, assignment]
+        assert isinstance(protocol, asyncio.BufferedProtocol)
+        view = memoryview(protocol.get_buffer(-1))
+        view[:3] = b"abc"
+        protocol.buffer_updated(3)
+        view[:3] = b"xyz"
+        assert got == [b"abc"]
+    finally:
+        asyncio_loop.close()
+        uv_loop.close()
