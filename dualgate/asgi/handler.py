@@ -61,6 +61,8 @@ def build_scope(
     The same scope as asgi/scope.py's `connection_scope` builds (which WebSocket scopes still
     use), inlined: this runs once per request, and one literal costs a third of the calls."""
     request = cycle.request
+    # asgi_client's answer, inline: the connection's own tuple, or a forwarded one given port 0.
+    client = cycle.client
     raw_path, _, query = request.target.partition(b"?")
     path = raw_path.decode("ascii", "surrogateescape")
     if "%" in path:
@@ -83,7 +85,7 @@ def build_scope(
         "query_string": query,
         "root_path": root_path,
         "headers": request.headers,
-        "client": asgi_client(cycle),
+        "client": client if client is None or client[1] is not None else (client[0], 0),
         "server": cycle.server,
         "method": request.method.decode("ascii"),
         "extensions": extensions,

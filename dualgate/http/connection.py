@@ -118,8 +118,15 @@ class HTTPProtocol(asyncio.Protocol):
         phase = self.phase
         if phase is _IDLE:
             self.phase = _HEAD
-            self.flow.arm(Deadline.HEAD, self.state.config.timeout_request_head)
-        elif (phase is _BODY or phase is _DRAINING) and not self.flow.reading_paused:
+            self.reader.feed(data)
+            self._read_events()
+            # The head deadline only once a head is left waiting for more bytes: nearly every
+            # head arrives whole, and the request (or its response) arms the next deadline.
+            flow = self.flow
+            if self.phase is _HEAD and flow.deadline_kind is not Deadline.HEAD:
+                flow.arm(Deadline.HEAD, self.state.config.timeout_request_head)
+            return
+        if (phase is _BODY or phase is _DRAINING) and not self.flow.reading_paused:
             self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
         self.reader.feed(data)
         self._read_events()

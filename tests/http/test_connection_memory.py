@@ -400,3 +400,29 @@ def test_reading_class_adds_buffered_reads_on_asyncio_only() -> None:
     finally:
         asyncio_loop.close()
         uv_loop.close()
+
+
+@pytest.mark.asyncio
+async def test_the_head_deadline_runs_only_while_a_head_waits_for_more_bytes() -> None:
+    from dualgate.http.flow import Deadline
+
+    def answer(cycle: RequestCycle) -> None:
+        cycle.respond(200, [], b"ok")
+
+    protocol, transport = connect(answer)
+
+    def kind() -> Deadline:  # read afresh each time (mypy would keep the first narrowing)
+        return protocol.flow.deadline_kind
+
+    assert kind() is Deadline.KEEP_ALIVE
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # whole: answered at once
+    assert transport.take().startswith(b"HTTP/1.1 200 OK")
+    assert kind() is Deadline.KEEP_ALIVE
+    protocol.data_received(b"GET / HTTP/1.1\r\n")  # a head left waiting: its deadline runs
+    assert kind() is Deadline.HEAD
+    first = protocol.flow.deadline
+    protocol.data_received(b"Host: x\r\n")  # more of it: the deadline is not pushed back
+    assert protocol.flow.deadline == first
+    protocol.data_received(b"\r\n")
+    assert transport.take().startswith(b"HTTP/1.1 200 OK")
+    assert kind() is Deadline.KEEP_ALIVE
