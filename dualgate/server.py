@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,7 @@ from dualgate.edge.tls import TLSContextHolder
 from dualgate.errors import ConfigError
 from dualgate.h2.preface import http2_enabled
 from dualgate.hooks import ServerHooks
-from dualgate.http.connection import HTTPProtocol
+from dualgate.http.connection import HTTPProtocol, reading_class
 from dualgate.http.state import ServerState
 from dualgate.logs import error_logger
 from dualgate.logsetup import configure_logging
@@ -58,6 +59,9 @@ _SHUTDOWN_POLL = 0.05
 _TICK_SLACK = 0.001
 # What the server's own metrics listener queues (asyncio's create_server default).
 _METRICS_BACKLOG = 100
+# Connections a single process accepts per wake-up of a listening socket: as many as asyncio's
+# server would with its default backlog, so a burst is taken in one loop turn.
+_ACCEPT_BATCH = 100
 
 
 class Server:
@@ -176,7 +180,8 @@ class Server:
             from dualgate.h2.cycles import H2Server
 
             state.http2 = H2Server(state, loop, report=self.hooks.on_response)
-        http = self._wiring.protocol()
+        # Buffered reads on asyncio's loop, uvloop's own elsewhere (connection.py).
+        http = reading_class(self._wiring.protocol(), loop)
         tls: dict[str, Any] = {}
         protocol_factory: Callable[[], asyncio.BaseProtocol]
         if config.proxy_protocol:
@@ -230,8 +235,9 @@ class Server:
         self._metrics_state = state = ServerState(config, endpoint)
         state.access_log = False
         host, port = parse_host_port(config.metrics_address)
+        protocol = reading_class(HTTPProtocol, loop)
         for sock in listen_on(host, port, _METRICS_BACKLOG):
-            listener = await loop.create_server(lambda: HTTPProtocol(state, loop), sock=sock)
+            listener = await loop.create_server(lambda: protocol(state, loop), sock=sock)
             self._metrics_listeners.append(listener)
             self.metrics_addresses.append(sock.getsockname())
         for address in self.metrics_addresses:
@@ -244,12 +250,19 @@ class Server:
         tls: dict[str, Any],
     ) -> None:
         listen = {"backlog": self.config.backlog, **tls}
+        # On asyncio's own loop, without TLS, dualgate's acceptor makes each transport directly,
+        # where asyncio.Server would run a task per connection (acceptor.py).
+        lean = isinstance(loop, BaseSelectorEventLoop) and not tls
         for sock in self.sockets:
             if self.hooks.pause_when_busy:
                 # One connection per wake-up: every worker sharing the socket is woken by a new
                 # connection, and one that took the whole queue at once took 99 of 100
                 # connections opened together (one at a time: about 35 and 65).
                 acceptor = Acceptor(loop, sock, protocol_factory, batch=1, **tls)
+                acceptor.start()
+                self._acceptors.append(acceptor)
+            elif lean:
+                acceptor = Acceptor(loop, sock, protocol_factory, batch=_ACCEPT_BATCH)
                 acceptor.start()
                 self._acceptors.append(acceptor)
             elif sock.family == socket.AF_UNIX:

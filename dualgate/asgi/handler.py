@@ -19,7 +19,6 @@ from urllib.parse import quote, unquote
 
 from asgiref.typing import ASGI3Application, HTTPScope
 
-from dualgate.asgi.scope import connection_scope
 from dualgate.errors import LifespanFailure
 from dualgate.http.cycle import RequestCycle
 from dualgate.http.grammar import asgi_headers
@@ -43,10 +42,11 @@ class ClientGone(OSError):
 
 
 def asgi_client(cycle: RequestCycle) -> tuple[str, int] | None:
-    if cycle.client is None:
-        return None
-    host, port = cycle.client
-    return (host, 0 if port is None else port)  # a forwarded address may come without a port
+    client = cycle.client
+    if client is None or client[1] is not None:
+        # The connection's own tuple, shared by its requests (a tuple: no request can change it).
+        return client  # type: ignore[return-value]  # its port is an int here (no cast: a call)
+    return (client[0], 0)  # a forwarded address may come without a port
 
 
 def build_scope(
@@ -56,49 +56,107 @@ def build_scope(
     proxy_root: str | None = None,
 ) -> HTTPScope:
     """`proxy_root`: the part of `root_path` a proxy in front may strip (the server's root
-    path, without the --mount prefix); all of it when None."""
+    path, without the --mount prefix); all of it when None.
+
+    The same scope as asgi/scope.py's `connection_scope` builds (which WebSocket scopes still
+    use), inlined: this runs once per request, and one literal costs a third of the calls."""
     request = cycle.request
-    scope = connection_scope(
-        "http",
-        ASGI_VERSION,
-        request.http_version.decode("ascii"),
-        cycle.scheme,
-        request.target,
-        request.headers,
-        root_path=root_path,
-        proxy_root=proxy_root,
-        client=asgi_client(cycle),
-        server=cycle.server,
-        state=state,
-    )
-    scope["method"] = request.method.decode("ascii")
+    # asgi_client's answer, inline: the connection's own tuple, or a forwarded one given port 0.
+    client = cycle.client
+    raw_path, _, query = request.target.partition(b"?")
+    path = raw_path.decode("ascii", "surrogateescape")
+    if "%" in path:
+        path = unquote(path)
+    stripped = root_path if proxy_root is None else proxy_root
+    if stripped and strip_root_path(path, stripped) is None:
+        # Behind a proxy that strips the prefix, the full path is the prefix plus what came.
+        path = stripped + path
+        raw_path = stripped.encode("utf-8") + raw_path
     extensions: dict[str, Any] = {"http.response.pathsend": {}}
     if cycle.tls is not None:
         extensions["tls"] = cycle.tls
-    scope["extensions"] = extensions
-    return cast(HTTPScope, scope)
+    scope = {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": request.http_version.decode("ascii"),
+        "scheme": cycle.scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": request.headers,
+        "client": client if client is None or client[1] is not None else (client[0], 0),
+        "server": cycle.server,
+        "method": request.method.decode("ascii"),
+        "extensions": extensions,
+    }
+    if state is not None:
+        # Each request gets a shallow copy of the lifespan state (the ASGI spec's words).
+        scope["state"] = state.copy()
+    return scope  # type: ignore[return-value]  # an HTTPScope (no cast: a call per request)
 
 
-class _ReceiveSend:
-    """receive() and send() of one request, over its RequestCycle."""
+class _Exchange:
+    """One request's task body (`run`), and the receive() and send() its application is given,
+    over its RequestCycle.
 
-    __slots__ = ("_body_done", "_cycle", "_head", "_loop", "_wake_receiver")
+    Per request: this object, the scope, the task and its coroutine; a future only while
+    receive() or send() must wait (for body bytes, the end, or the transport to drain).
+    """
 
-    def __init__(self, cycle: RequestCycle, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_body_done", "_cycle", "_head", "_task", "_wake_receiver")
+
+    def __init__(self, cycle: RequestCycle) -> None:
         self._cycle = cycle
-        self._loop = loop
         self._head: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self._body_done = False
         # Wakes a receive() waiting for the end: set on disconnect, or when send() completes.
         self._wake_receiver: Callable[[], None] | None = None
+        # The task running `run`, which it leaves `tasks` with (set by whoever makes the task).
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def started(self) -> bool:
         """http.response.start was sent (its head may still be held for the first body)."""
         return self._head is not None or self._cycle.head_sent
 
-    def _waiter(self) -> tuple[asyncio.Future[None], Callable[[], None]]:
-        future: asyncio.Future[None] = self._loop.create_future()
+    async def run(
+        self, app: ASGI3Application, scope: HTTPScope, tasks: set[asyncio.Task[None]]
+    ) -> None:
+        """Run the application; errors become a 500 or a broken-off response. Leaves `tasks`
+        as its last step (no done callback: that would cost a loop callback per request)."""
+        cycle = self._cycle
+        try:
+            try:
+                await app(scope, self.receive, self.send)  # type: ignore[arg-type]
+            except ClientGone:
+                pass
+            except Exception:
+                error_logger.exception("Exception in ASGI application %s", scope["path"])
+                cycle.respond_error(500, "Internal Server Error\n")
+                return
+            if not cycle.complete:
+                self._incomplete()
+        finally:
+            # Set by whoever made the task, before it first ran.
+            tasks.discard(self._task)
+
+    def _incomplete(self) -> None:
+        cycle = self._cycle
+        if cycle.disconnected:
+            # The client went away: returning without an answer is what the application
+            # should do then, not an error. Aborted as WSGI's bridge does (the access line).
+            cycle.abort()
+        elif not self.started:
+            error_logger.error("ASGI application returned without starting a response")
+            cycle.respond_error(500, "Internal Server Error\n")
+        else:
+            error_logger.error("ASGI application returned without completing its response")
+            cycle.abort()
+
+    @staticmethod
+    def _waiter() -> tuple[asyncio.Future[None], Callable[[], None]]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:
             if not future.done():
@@ -129,31 +187,49 @@ class _ReceiveSend:
 
     async def send(self, message: Message) -> None:
         cycle = self._cycle
-        kind = message["type"]
-        if not cycle.head_sent and self._head is None:
+        head = self._head
+        if head is not None and not cycle.complete:
+            # The common case first: the body after the start, whole (more_body false), goes
+            # out with the head in one write.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                body = message.get("body", b"")
+                if type(body) is not bytes:
+                    body = _body_bytes(body)
+                self._head = None
+                cycle.respond(head[0], head[1], body)  # and finishes the response
+                if self._wake_receiver is not None:
+                    self._wake_receiver()
+                if cycle.disconnected:
+                    raise ClientGone("the client went away")
+                return
+        elif head is None and not cycle.head_sent:
+            kind = message["type"]
             if kind != "http.response.start":
                 raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
-            self._head = (_status(message), asgi_headers(message.get("headers", ())))
+            status = message.get("status")
+            if type(status) is not int or not 100 <= status <= 999:
+                raise ValueError(
+                    f"http.response.start 'status' must be an int status code, got {status!r}"
+                )
+            self._head = (status, asgi_headers(message.get("headers", ())))
             return
+        await self._send_more(message)
+
+    async def _send_more(self, message: Message) -> None:
+        """send() of everything but the start and a whole body after it."""
+        cycle = self._cycle
+        kind = message["type"]
         if cycle.complete:
             if cycle.disconnected:
                 raise ClientGone("the client went away")
             raise RuntimeError(f"{kind!r} sent after the response was complete")
         if kind == "http.response.body":
             body = message.get("body", b"")
-            if not isinstance(body, bytes | bytearray | memoryview):
-                raise TypeError(
-                    f"http.response.body 'body' must be bytes, not {type(body).__name__}"
-                )
+            if type(body) is not bytes:
+                body = _body_bytes(body)
             more = message.get("more_body", False)
-            head, self._head = self._head, None
-            if head is not None and not more:
-                cycle.respond(head[0], head[1], bytes(body))
-                self._finish()
-                return
-            if head is not None:
-                cycle.send_head(*head)
-            cycle.send_body(bytes(body))
+            self._flush_head()
+            cycle.send_body(body)
             if not more:
                 self._finish()
             elif cycle.writing_paused:
@@ -187,35 +263,19 @@ class _ReceiveSend:
             await self._cycle.sendfile(file, 0, size)
 
 
-def _status(message: Message) -> int:
-    status = message.get("status")
-    if type(status) is not int or not 100 <= status <= 999:
-        raise ValueError(f"http.response.start 'status' must be an int status code, got {status!r}")
-    return status
+def _body_bytes(body: object) -> bytes:
+    if not isinstance(body, bytes | bytearray | memoryview):
+        raise TypeError(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
+    return bytes(body)
 
 
 async def run_asgi(app: ASGI3Application, scope: HTTPScope, cycle: RequestCycle) -> None:
-    """Run one request through an ASGI application; errors become a 500 or a broken-off response."""
-    exchange = _ReceiveSend(cycle, asyncio.get_running_loop())
-    try:
-        await app(scope, exchange.receive, exchange.send)  # type: ignore[arg-type]
-    except ClientGone:
-        pass
-    except Exception:
-        error_logger.exception("Exception in ASGI application %s", scope["path"])
-        cycle.respond_error(500, "Internal Server Error\n")
-        return
-    if not cycle.complete:
-        if cycle.disconnected:
-            # The client went away: returning without an answer is what the application
-            # should do then, not an error. Aborted as WSGI's bridge does (the access line).
-            cycle.abort()
-        elif not cycle.head_sent and not exchange.started:
-            error_logger.error("ASGI application returned without starting a response")
-            cycle.respond_error(500, "Internal Server Error\n")
-        else:
-            error_logger.error("ASGI application returned without completing its response")
-            cycle.abort()
+    """Run one request through an ASGI application (outside the handler: a router's own use);
+    errors become a 500 or a broken-off response."""
+    tasks: set[asyncio.Task[None]] = set()
+    exchange = _Exchange(cycle)
+    exchange._task = asyncio.current_task()
+    await exchange.run(app, scope, tasks)
 
 
 class ASGIHandler:
@@ -249,10 +309,12 @@ class ASGIHandler:
             self._upgrade(cycle, state)
             return
         scope = build_scope(cycle, self.root_path, state, self.proxy_root)
-        task = asyncio.get_running_loop().create_task(run_asgi(self.app, scope, cycle))
-        # The loop keeps only weak references to tasks.
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks = self._tasks
+        exchange = _Exchange(cycle)
+        # The loop keeps only weak references to tasks; the task leaves the set as it ends.
+        task = asyncio.get_running_loop().create_task(exchange.run(self.app, scope, tasks))
+        exchange._task = task
+        tasks.add(task)
 
     def _upgrade(self, cycle: RequestCycle, state: dict[str, Any] | None) -> None:
         unavailable = websockets_unavailable(self.config)

@@ -2,7 +2,9 @@
 
 The reader (reader.py) turns bytes into request events; the cycle (cycle.py) is what the
 application's interface sees and owns the response; flow.py pauses, resumes and keeps the
-deadline; phases.py says which phase the connection is in and where it may go next.
+deadline; phases.py says which phase the connection is in and where it may go next. What
+the cycle sees of the connection (its `Port`: writing, drain, sendfile, the hand-over) is
+port.py's `ConnectionPort`, mixed in.
 
 Rules: everything runs on the event loop thread. A refused request never reaches the
 application, and nothing after it is read: a refusal always closes. Bytes that follow a
@@ -20,22 +22,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from dualgate.h2.preface import Sniffed, negotiated, sniff
 from dualgate.http.buffer import read_buffer
 from dualgate.http.checks import Refusal
-from dualgate.http.cycle import RequestCycle, Takeover, View
+from dualgate.http.cycle import RequestCycle, View
 from dualgate.http.flow import Deadline, FlowControl
 from dualgate.http.framing import build_head, refusal_response
 from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, ConnectionPhase
+from dualgate.http.port import ConnectionPort
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, reader_for
 from dualgate.http.state import ServerState
 from dualgate.http.wire import DirectWire, wire_fd
 from dualgate.logs import error_logger, log_access
 
-__all__ = ["HTTPProtocol"]
+__all__ = ["HTTPProtocol", "reading_class"]
 
 _IDLE, _HEAD, _BODY, _RESPONDING, _DRAINING, _UPGRADED, _CLOSED = ConnectionPhase
 
@@ -46,9 +49,14 @@ _FIRST_REQUEST_GRACE = 1.0
 # Bodies a client may still be sending after its response are read and dropped up to this many
 # bytes so the connection can be kept; past it, closing is cheaper than reading.
 _MAX_DRAIN = 1 << 20
+# A connection's view until connection_made decides it (peer.py).
+_NO_VIEW = View(None, None, "http", None)
 
 
-class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
+class HTTPProtocol(ConnectionPort, asyncio.Protocol):
+    """One connection. Served as is on uvloop, which reads into a buffer of its own and makes
+    each read's bytes in C; on asyncio's loop, as `reading_class` makes it (buffered reads)."""
+
     def __init__(
         self,
         state: ServerState,
@@ -65,7 +73,7 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.transport: asyncio.Transport
         self.flow: FlowControl
         # Decided in connection_made, once per connection (see the module docstring).
-        self.view = View(None, None, "http", None)
+        self.view = _NO_VIEW
         self.believed = False
         self.can_sendfile = False
         self._over_limit = False
@@ -82,6 +90,11 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._wire: DirectWire | None = None
 
     def _move(self, phase: ConnectionPhase) -> None:
+        """A move checked against the table. The moves every request makes, whose phase before
+        is known where they are made (IDLE -> HEAD on bytes, HEAD -> RESPONDING or BODY on a
+        head, RESPONDING -> IDLE or HEAD after the response), are plain assignments: hashing
+        an enum member runs Python code, and the check cost more than the move.
+        tests/http/test_connection_memory.py walks a connection through them against the table."""
         assert phase in MOVES[self.phase], f"{self.phase} -> {phase}"
         self.phase = phase
 
@@ -122,13 +135,6 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         if self.cycle is not None:
             self.cycle.lose()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return read_buffer()  # one per loop thread, reused (buffer.py)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # Copied out: the reader keeps what it is fed, and the buffer is read into again.
-        self.data_received(bytes(read_buffer()[:nbytes]))
-
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
         self._settle_direct()
@@ -144,9 +150,16 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
                 return
         phase = self.phase
         if phase is _IDLE:
-            self._move(_HEAD)
-            self.flow.arm(Deadline.HEAD, self.state.config.timeout_request_head)
-        elif (phase is _BODY or phase is _DRAINING) and not self.flow.reading_paused:
+            self.phase = _HEAD
+            self.reader.feed(data)
+            self._read_events()
+            # The head deadline only once a head is left waiting for more bytes: nearly every
+            # head arrives whole, and the request (or its response) arms the next deadline.
+            flow = self.flow
+            if self.phase is _HEAD and flow.deadline_kind is not Deadline.HEAD:
+                flow.arm(Deadline.HEAD, self.state.config.timeout_request_head)
+            return
+        if (phase is _BODY or phase is _DRAINING) and not self.flow.reading_paused:
             self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
         self.reader.feed(data)
         self._read_events()
@@ -176,13 +189,14 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             reader = self.reader
             while self.phase is not _CLOSED and self.phase is not _UPGRADED:
                 event = reader.next_event()
-                kind = type(event)
-                if kind is bytes:
-                    self._on_body(cast(bytes, event))
-                elif kind is Request:
-                    self._on_request(cast(Request, event))
+                # `type(event) is` narrows the type for mypy, where typing.cast would be a
+                # Python call per event.
+                if type(event) is Request:
+                    self._on_request(event)
                 elif event is NEED_DATA:
                     return
+                elif type(event) is bytes:
+                    self._on_body(event)
                 elif event is END:
                     self._on_end()
                 elif event is PAUSED:
@@ -196,12 +210,14 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
                     self._on_eof()
                     return
                 else:
-                    self._refuse(cast(Refusal, event))
+                    assert type(event) is Refusal, event
+                    self._refuse(event)
                     return
         finally:
             self._in_events = False
 
     def _on_request(self, request: Request) -> None:
+        # The phase is HEAD: a request comes only out of a head.
         state = self.state
         view = self.view
         if self.believed:
@@ -209,20 +225,20 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self.cycle = cycle = RequestCycle(
             self, request, view, state.default_headers, state.default_head
         )
-        if self._over_limit or (self.state.shutting_down and self._served):
+        if self._over_limit or (state.shutting_down and self._served):
             if self._over_limit:
-                self.state.metrics.connections_refused += 1
+                state.metrics.connections_refused += 1
             self._refuse(Refusal(503, "Server busy, retry later", "busy"), retry_after=True)
             return
         self._served = True
-        if request.has_body:
-            self._move(_BODY)
-            self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
+        if request.chunked or request.content_length:
+            self.phase = _BODY
+            self.flow.arm(Deadline.BODY, state.config.timeout_read)
         else:
-            self._move(_RESPONDING)
+            self.phase = _RESPONDING
             self.flow.disarm()
         try:
-            self.state.handler(cycle)
+            state.handler(cycle)
         except Exception:
             error_logger.exception("Request handler failed")
             cycle.respond_error(500, "Internal Server Error\n")
@@ -261,54 +277,26 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
 
     frame_head = staticmethod(build_head)  # HTTP/1.1: one bytes join, written with the body
 
-    @property
-    def closing(self) -> bool:
-        return self.state.shutting_down
-
-    @property
-    def writing_paused(self) -> bool:
-        return self.flow.writing_paused
-
-    def write(self, data: bytes) -> None:
-        if self.phase is not _CLOSED:
-            self.transport.write(data)
-
-    def when_writable(self, callback: Callable[[], None]) -> None:
-        self.flow.when_writable(callback)
-
-    async def drained(self) -> None:
-        await self.flow.drained()
-
-    async def sendfile(self, file: Any, offset: int, count: int) -> None:
-        if self.can_sendfile:
-            sent = await self.loop.sendfile(self.transport, file, offset, count)
-            # The OS wrote these bytes, not self.write: counted here, one step per file.
-            self.state.metrics.sendfile_bytes += sent
-            return
-        # Under TLS (sendfile cannot encrypt) and on loops without sendfile (uvloop): read and
-        # write in blocks, waiting for drain.
-        file.seek(offset)
-        while count > 0 and self.phase is not _CLOSED:
-            block = file.read(min(count, 262144))
-            if not block:
-                break
-            count -= len(block)
-            self.write(block)
-            await self.flow.drained()
-
-    def body_taken(self) -> None:
-        if self.phase is _BODY and self.flow.reading_paused:
-            self.flow.resume_reading()
-            self.flow.arm(Deadline.BODY, self.state.config.timeout_read)
+    def _reports_each_response(self) -> bool:
+        """Whether the connection reports each response as it ends (the access log; metrics and
+        hooks, as a subclass): then it hears of a response a thread wrote at once (wire.py)."""
+        cls = type(self)
+        return (
+            self.state.access_log
+            or cls.response_done is not HTTPProtocol.response_done
+            or cls.response_failed is not HTTPProtocol.response_failed
+        )
 
     def response_done(self, cycle: RequestCycle) -> None:
-        if self.state.access_log:
+        state = self.state
+        if state.access_log:
             _log_access(cycle)
-        if self.phase is _CLOSED:
+        phase = self.phase
+        if phase is _CLOSED:
             return
-        if not cycle.keep_alive or self.state.shutting_down:
+        if not cycle.keep_alive or state.shutting_down:
             self.close()
-        elif self.phase is _RESPONDING:
+        elif phase is _RESPONDING:
             self._next_request()
         else:
             # The application answered without reading the whole body: read and drop the rest.
@@ -325,76 +313,23 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             _log_access(cycle)
         self.close()
 
-    def lend_wire(self, cycle: RequestCycle) -> DirectWire | None:
-        # Only while nothing is queued and nothing else writes (wire.py says why that holds).
-        if (
-            self._wire_fd < 0
-            or self.phase is not _RESPONDING
-            or self.flow.writing_paused
-            or self.transport.get_write_buffer_size()
-        ):
-            return None
-        if self._wire is None:
-            self._wire = DirectWire(self._wire_fd, _reports_each_response(self))
-        self._wire.lend(cycle)
-        return self._wire
-
-    def sent_directly(self, size: int) -> None:
-        pass  # counted by metered.py's subclass only
-
-    def _settle_direct(self) -> bool:
-        """Finish the response a pool thread wrote in full itself (wire.py), if it has; if not,
-        the thread posts its end instead. Whether one was finished."""
-        if self._wire is None or self.cycle is None:
-            return False
-        claimed = self._wire.claim()
-        if claimed is not None:
-            claimed[0].sent_directly(claimed[1], b"")
-        return claimed is not None
-
-    def upgrade(self, cycle: RequestCycle, takeover: Takeover) -> None:
-        if self.phase is _CLOSED:
-            return
-        self._move(_UPGRADED)
-        self.flow.disarm()
-        self.state.connections.discard(self)
-        protocol = takeover(self.state)
-        reader = self.reader
-        leftover = reader.take_leftover()
-        transport = self.transport
-        # Resumed before the new protocol starts, so that it may pause reading itself.
-        self.flow.resume_reading()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        stream = cast(asyncio.Protocol, protocol)
-        if leftover:
-            stream.data_received(leftover)
-        if reader.eof and not stream.eof_received():
-            transport.close()
-
-    def _to_http2(self, first: bytes) -> None:
-        """Hand the connection to HTTP/2 (prior knowledge, or ALPN) as `upgrade` hands it to
-        a WebSocket: it leaves the live connections, which the HTTP/2 one joins."""
-        assert self.state.http2 is not None
-        self._move(_UPGRADED)
-        self.flow.disarm()
-        self.state.connections.discard(self)
-        self.state.http2.take_over(self.transport, first, self.view, self.believed)
-
     def _next_request(self) -> None:
+        # The phase is RESPONDING or DRAINING: the response is done, and the body read.
         self.cycle = None
         self._drained = 0
         reader = self.reader
-        reader.start_next()
+        waiting = reader.start_next()
         config = self.state.config
-        if reader.head_started:
-            self._move(_HEAD)
-            self.flow.arm(Deadline.HEAD, config.timeout_request_head)
+        flow = self.flow
+        if waiting:
+            self.phase = _HEAD
+            flow.arm(Deadline.HEAD, config.timeout_request_head)
         else:
-            self._move(_IDLE)
-            self.flow.arm(Deadline.KEEP_ALIVE, config.timeout_keep_alive)
-        self.flow.resume_reading()
-        if reader.head_started or reader.eof:
+            self.phase = _IDLE
+            flow.arm(Deadline.KEEP_ALIVE, config.timeout_keep_alive)
+        if flow.reading_paused:
+            flow.resume_reading()
+        if waiting or reader.eof:  # a plain attribute: no property call per request
             self._read_events()
 
     # -- refusals, deadlines, closing ---------------------------------------------------
@@ -476,6 +411,40 @@ class HTTPProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
             self.transport.abort()
 
 
+class _BufferedReads(asyncio.BufferedProtocol):
+    """Reads into the loop thread's one buffer (buffer.py), for asyncio's own loop: it would
+    make a fresh 256 KiB object per read otherwise, and fragment the heap. On uvloop this costs
+    two Python calls and a slice per read for nothing: uvloop reads into a buffer of its own."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return read_buffer()  # one per loop thread, reused (buffer.py)
+
+    # HTTPProtocol's (or a subclass's), which comes first in the class reading_class makes.
+    data_received: Callable[[bytes], None]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # Copied out: the reader keeps what it is fed, and the buffer is read into again.
+        self.data_received(bytes(read_buffer()[:nbytes]))
+
+
+_buffered: dict[type[HTTPProtocol], type[HTTPProtocol]] = {}
+
+
+def reading_class(
+    protocol: type[HTTPProtocol], loop: asyncio.AbstractEventLoop
+) -> type[HTTPProtocol]:
+    """`protocol` as the connections of `loop` are served: with buffered reads on asyncio's own
+    loops (and any subclass of BaseEventLoop), as it is elsewhere (uvloop)."""
+    if not isinstance(loop, asyncio.BaseEventLoop):
+        return protocol
+    buffered = _buffered.get(protocol)
+    if buffered is None:
+        # A class per protocol class (metered, reporting), made once.
+        buffered = type("Buffered" + protocol.__name__, (protocol, _BufferedReads), {})
+        _buffered[protocol] = buffered
+    return buffered
+
+
 def _log_access(cycle: RequestCycle) -> None:
     request = cycle.request
     log_access(
@@ -488,15 +457,4 @@ def _log_access(cycle: RequestCycle) -> None:
         cycle.started_at,
         request.headers,
         cycle.response_headers,
-    )
-
-
-def _reports_each_response(protocol: HTTPProtocol) -> bool:
-    """Whether the connection reports each response as it ends (the access log; metrics and
-    hooks, as a subclass): then it hears of a response a thread wrote at once (wire.py)."""
-    cls = type(protocol)
-    return (
-        protocol.state.access_log
-        or cls.response_done is not HTTPProtocol.response_done
-        or cls.response_failed is not HTTPProtocol.response_failed
     )

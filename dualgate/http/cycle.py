@@ -160,7 +160,7 @@ class RequestCycle:
         self._body_buffered = 0
         self._continue_sent = False
         self.body_received = 0
-        self.body_complete = not request.has_body
+        self.body_complete = not (request.chunked or request.content_length)
         # One-shot callbacks (when_body_ready, when_disconnected), cleared before they run.
         self._on_body_ready: Callable[[], None] | None = None
         self._on_disconnect: Callable[[], None] | None = None

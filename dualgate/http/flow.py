@@ -128,6 +128,8 @@ class FlowControl:
             await future
 
     def _wake(self) -> None:
+        if not self._waiters:
+            return  # nothing waits: the common case at every close
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter()

@@ -40,6 +40,9 @@ _valid_names: set[bytes] = set()
 # bound (or for a long value) a part is checked each time, as before.
 _status_lines: dict[tuple[int, bytes], bytes] = {}
 _field_lines: dict[tuple[bytes, bytes], bytes] = {}
+# Content-Length fields already checked, with their value as an int: it frames each response
+# anew, so it is remembered apart from the lines (and still compared with any other one).
+_length_fields: dict[tuple[bytes, bytes], int] = {}
 _CACHE_LIMIT = 1024
 _CACHED_VALUE_LIMIT = 256
 # Fields that decide the framing or stand in for a default header: never cached, always read.
@@ -89,10 +92,17 @@ def build_head(
     chunked = False
     has_date = has_server = False
     field_lines = _field_lines
+    length_fields = _length_fields
     for field in headers:
         line = field_lines.get(field)
         if line is not None:
             lines.append(line)
+            continue
+        length = length_fields.get(field)
+        if length is not None:
+            if content_length is not None and length != content_length:
+                raise ValueError(f"invalid Content-Length {field[1]!r}")
+            content_length = length
             continue
         name, value = field
         _check_name(name)
@@ -103,6 +113,8 @@ def build_head(
             if not value.isdigit() or (content_length is not None and int(value) != content_length):
                 raise ValueError(f"invalid Content-Length {value!r}")
             content_length = int(value)
+            if len(length_fields) < _CACHE_LIMIT and type(name) is bytes and type(value) is bytes:
+                length_fields[(name, value)] = content_length
             continue
         if lower == b"transfer-encoding":
             if value.strip().lower() != b"chunked":

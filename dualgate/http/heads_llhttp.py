@@ -47,9 +47,13 @@ def parse_head_llhttp(head: bytes) -> Head | Refusal:
     if len(parts) != 3:
         return parse_head_h11(head)
     method, target, version = parts
-    if len(version) != 8 or version[:5] != b"HTTP/":
+    known = _VERSIONS.get(version)
+    if known is not None:
+        version = known
+    elif len(version) != 8 or version[:5] != b"HTTP/":
         return parse_head_h11(head)
-    version = version[5:]
+    else:
+        version = version[5:]
     headers = []
     hosts = 0
     for line in lines[1:-2]:
@@ -69,4 +73,10 @@ def parse_head_llhttp(head: bytes) -> Head | Refusal:
         headers.append((name, value))
     if hosts > 1 or (not hosts and version == b"1.1"):
         return parse_head_h11(head)
-    return Head(method, target, version, headers)
+    # The NamedTuple's own __new__ is a Python function: a third of a microsecond per head.
+    return _new_head(Head, (method, target, version, headers))
+
+
+_new_head = tuple.__new__
+# The two versions nearly every request has, looked up instead of checked and sliced.
+_VERSIONS = {b"HTTP/1.1": b"1.1", b"HTTP/1.0": b"1.0"}

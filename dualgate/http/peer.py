@@ -66,14 +66,18 @@ def describe(
         believed = state.trust.believes_headers_from(None)
     tls = state.tls
     if tls is None:
-        view = View(client, server, "http", None)
-        return ConnectionFacts(view, believed, loop_can_sendfile(loop))
+        view = _new(View, (client, server, "http", None))
+        return _new(ConnectionFacts, (view, believed, loop_can_sendfile(loop)))
     extension = None
     if state.tls_extension:
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             extension = tls.scope_extension(ssl_object)
     return ConnectionFacts(View(client, server, "https", extension), believed, False)
+
+
+# Made once per connection: a NamedTuple's own __new__ is Python code, tuple's is not.
+_new = tuple.__new__
 
 
 def forward(view: View, request: Request, trust: ProxyTrust) -> tuple[View, Request]:

@@ -20,6 +20,7 @@ with bytes waiting behind it), or `CLOSED` (the client sent EOF; mid-body, it we
 from __future__ import annotations
 
 import enum
+import functools
 from typing import TYPE_CHECKING
 
 from dualgate.http.checks import (
@@ -68,7 +69,8 @@ CLOSED = _Signal("CLOSED")
 
 
 class Request:
-    """One request head, checked; read-only once made."""
+    """One request head, checked; read-only once made. `expects_continue`: the client waits for
+    a 100 Continue before it sends its body (so never true of a request without one)."""
 
     __slots__ = (
         "chunked",
@@ -171,7 +173,6 @@ class RequestReader:
         "_carry",
         "_chunked",
         "_direct",
-        "_eof",
         "_max_body",
         "_max_fields",
         "_max_head",
@@ -180,6 +181,7 @@ class RequestReader:
         "_refusal",
         "_state",
         "_window",
+        "eof",
     )
 
     def __init__(
@@ -203,7 +205,8 @@ class RequestReader:
         self._body_left = 0
         self._direct = b""
         self._carry = b""
-        self._eof = False
+        # The client sent EOF (feed_eof); read as an attribute, once per request.
+        self.eof = False
 
     @property
     def head_started(self) -> bool:
@@ -238,7 +241,7 @@ class RequestReader:
             self._carry += data
 
     def feed_eof(self) -> None:
-        self._eof = True
+        self.eof = True
 
     # -- events -------------------------------------------------------------------------
 
@@ -253,7 +256,7 @@ class RequestReader:
         if state is _DONE:
             if self._carry:
                 return PAUSED
-            return CLOSED if self._eof else NEED_DATA
+            return CLOSED if self.eof else NEED_DATA
         return NEED_DATA  # _FAILED
 
     def _move(self, state: ReaderState) -> None:
@@ -293,22 +296,25 @@ class RequestReader:
             lines = window.count(b"\n", 0, limit + 1) - 1
         if lines > self._max_fields:
             return self._fail(Refusal(431, "Too many header fields", "too_large"))
-        too_big = oversized_head(window[:end] if end >= 0 else window, limit)
-        if too_big is not None:
+        if (end if end >= 0 else len(window)) > limit:
+            too_big = oversized_head(window[:end] if end >= 0 else window, limit)
+            assert too_big is not None
             return self._fail(too_big)
         if end < 0:
-            if not self._eof:
+            if not self.eof:
                 return NEED_DATA
             if window:
                 return self._fail(
                     Refusal(400, "Request head incomplete at end of stream", "malformed")
                 )
             return CLOSED  # EOF between requests
-        head = bytes(window[:end])
+        # A head that came in one read is the window whole: no copy.
+        head = window if end == len(window) and type(window) is bytes else bytes(window[:end])
         parsed = self._parse_head(head)
-        if isinstance(parsed, Refusal):
+        if type(parsed) is Refusal:
             return self._fail(parsed)
-        return self._on_head(parsed, head, window[end:])
+        # A Head: mypy does not narrow a NamedTuple union by `type() is` (no cast: a call).
+        return self._on_head(parsed, head, window[end:])  # type: ignore[arg-type]
 
     def _on_head(self, parsed: Head, head: bytes, rest: bytes | bytearray) -> ReaderEvent:
         self._window = b""
@@ -323,8 +329,15 @@ class RequestReader:
         assert type(framing) is Framing
         if target[:1] not in (b"/", b"*"):
             target, headers = origin_form(target, headers)
+        # Asked only of a request with a body: without one, nothing waits for a 100 Continue.
         request = Request(
-            method, target, headers, version, framing, _expects_continue(raw_version, headers)
+            method,
+            target,
+            headers,
+            version,
+            framing,
+            (framing.chunked or framing.content_length > 0)
+            and _expects_continue(raw_version, headers),
         )
         if framing.chunked:
             self._chunked = ChunkedFraming(self._max_fields, self._max_head)
@@ -337,7 +350,8 @@ class RequestReader:
             self._state = _DIRECT
         else:
             # No body: what followed the head belongs to the next request.
-            self._carry = bytes(rest)
+            if rest:
+                self._carry = bytes(rest)
             self._state = _DONE
         return request
 
@@ -360,7 +374,7 @@ class RequestReader:
         if chunked.done:
             self._state = _DONE
             return END
-        return CLOSED if self._eof else NEED_DATA  # at EOF mid-body, the client went away
+        return CLOSED if self.eof else NEED_DATA  # at EOF mid-body, the client went away
 
     def _body_bytes(self, data: bytes) -> ReaderEvent:
         self._received += len(data)
@@ -374,7 +388,7 @@ class RequestReader:
             if not self._body_left:
                 self._state = _DONE
                 return END
-            return CLOSED if self._eof else NEED_DATA
+            return CLOSED if self.eof else NEED_DATA
         left = self._body_left
         if len(data) > left:
             self._carry += data[left:]
@@ -385,16 +399,23 @@ class RequestReader:
 
     # -- between requests ---------------------------------------------------------------
 
-    def start_next(self) -> None:
-        """The response is done: parse what followed the request as the next request."""
-        self._move(_HEAD)
-        self._window = self._carry.lstrip(b"\r\n")  # empty lines before a request line
+    def start_next(self) -> bool:
+        """The response is done: parse what followed the request as the next request.
+
+        Returns whether bytes of that request are here already (`head_started`)."""
+        # DONE is the only state the table lets move to HEAD: an identity test, not a lookup.
+        assert self._state is _DONE, f"{self._state} -> {_HEAD}"
+        self._state = _HEAD
+        carry = self._carry
+        if carry:
+            self._window = carry = carry.lstrip(b"\r\n")  # empty lines before a request line
+            self._carry = b""
         self._refusal = None
         self._chunked = None
         self._received = 0
         self._body_left = 0
         self._direct = b""
-        self._carry = b""
+        return bool(carry)
 
     def take_leftover(self) -> bytes:
         """For a protocol upgrade: every byte read past the request head."""
@@ -402,10 +423,6 @@ class RequestReader:
         self._carry = b""
         self._move(_FAILED)
         return leftover
-
-    @property
-    def eof(self) -> bool:
-        return self._eof
 
 
 def reader_for(config: Config) -> RequestReader:
@@ -433,6 +450,7 @@ def _expects_continue(http_version: bytes, headers: Headers) -> bool:
 _HTTPTOOLS = httptools_installed()
 
 
+@functools.cache  # asked per connection; the import below is a lookup each time otherwise
 def head_parser(name: str) -> HeadParser:
     """The head parser `--http` names: httptools (llhttp) when installed under "auto"."""
     if name == "h11" or (name == "auto" and not _HTTPTOOLS):

@@ -480,3 +480,29 @@ def test_every_move_the_chunked_framing_makes_is_in_its_table(body: bytes) -> No
 def test_the_chunked_table_names_every_state_and_done_is_the_end() -> None:
     assert set(CHUNK_MOVES) == set(ChunkState)
     assert CHUNK_MOVES[ChunkState.DONE] == frozenset()
+
+
+def test_hosts_seen_are_remembered_within_a_bound_and_bad_ones_never() -> None:
+    from dualgate.http import checks
+
+    checks._good_hosts.clear()
+    for _ in range(2):
+        # Refused each time: a bad Host is never taken for a remembered good one.
+        assert check(headers=[(b"host", b"a b")]) == Refusal(
+            400, "Invalid Host header", "malformed"
+        )
+    assert checks._good_hosts == set()
+    for i in range(checks._GOOD_HOSTS_MAX + 100):
+        assert type(check(headers=[(b"host", b"h%d.example" % i)])) is Framing
+    assert len(checks._good_hosts) == checks._GOOD_HOSTS_MAX
+    # Past the bound, a new good host is still matched and served, just not remembered.
+    assert type(check(headers=[(b"host", b"late.example")])) is Framing
+    assert b"late.example" not in checks._good_hosts
+    checks._good_hosts.clear()
+
+
+def test_a_request_without_a_body_gets_one_shared_framing() -> None:
+    assert check() is check(headers=[(b"host", b"other.example")])
+    closing = check(headers=[*HOST, (b"connection", b"close")])
+    assert closing == Framing(0, False, False, b"")
+    assert closing is check(version=b"1.0", headers=[])

@@ -15,6 +15,7 @@ import pytest
 from dualgate.config import Config
 from dualgate.http.connection import HTTPProtocol
 from dualgate.http.cycle import RequestCycle
+from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.state import RequestHandler, ServerState
 
 
@@ -300,3 +301,128 @@ async def test_an_upgrade_hands_the_transport_and_the_bytes_after_the_head_over(
     ]
     assert transport.take() == b""
     assert not transport.closed
+
+
+class Walked(HTTPProtocol):
+    """An HTTPProtocol that records every phase it moves between, however the move is made
+    (`_move` checks the table; the moves every request makes are plain assignments)."""
+
+    moves: set[tuple[ConnectionPhase, ConnectionPhase]]
+
+    @property
+    def phase(self) -> ConnectionPhase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: ConnectionPhase) -> None:
+        before = getattr(self, "_phase", None)
+        if before is not None and before is not phase:
+            self.moves.add((before, phase))
+        self._phase = phase
+
+
+def walk(handler: RequestHandler, *chunks: bytes, eof: bool = False) -> Walked:
+    config = Config(app="unused:app", date_header=False, server_header=False)
+    state = ServerState(config, handler)
+    state.access_log = False
+    protocol = Walked(state, asyncio.get_running_loop())
+    protocol.moves = set()
+    transport = FakeTransport()
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    for chunk in chunks:
+        protocol.data_received(chunk)
+    if eof:
+        protocol.eof_received()
+    return protocol
+
+
+@pytest.mark.asyncio
+async def test_every_move_a_connection_makes_is_in_the_phase_table() -> None:
+    def answer_at_once(cycle: RequestCycle) -> None:
+        cycle.respond(200, [], b"ok")  # before a body has arrived: the rest is drained
+
+    def upgrade(cycle: RequestCycle) -> None:
+        cycle.upgrade(lambda state: asyncio.Protocol())
+
+    get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+    walks = [
+        walk(answer_at_once, get, get + get[:5], get[5:]),  # idle, pipelined, in pieces
+        walk(Echo(), post, b"abc", post + b"ab", b"c"),
+        walk(answer_at_once, post, b"a", b"bc", get),
+        walk(answer_at_once, get[:10], eof=True),
+        walk(Echo(), post + b"a", eof=True),
+        walk(upgrade, get),
+    ]
+    seen = set().union(*(protocol.moves for protocol in walks))
+    for before, after in seen:
+        assert after in MOVES[before], (before, after)
+    _idle, _head, _body, _responding, _draining, _upgraded, _closed = ConnectionPhase
+    # Every move a request makes on the way through, the plain assignments among them.
+    assert {
+        (_idle, _head),
+        (_head, _responding),
+        (_head, _body),
+        (_body, _responding),
+        (_body, _draining),
+        (_draining, _idle),
+        (_responding, _idle),
+        (_responding, _head),
+        (_responding, _upgraded),
+        (_head, _closed),
+    } <= seen
+
+
+def test_reading_class_adds_buffered_reads_on_asyncio_only() -> None:
+    import uvloop
+
+    from dualgate.http.connection import reading_class
+
+    asyncio_loop, uv_loop = asyncio.new_event_loop(), uvloop.new_event_loop()
+    try:
+        assert reading_class(HTTPProtocol, uv_loop) is HTTPProtocol
+        buffered = reading_class(HTTPProtocol, asyncio_loop)
+        assert issubclass(buffered, asyncio.BufferedProtocol)
+        assert buffered.__mro__[1] is HTTPProtocol  # HTTPProtocol's methods come first
+        assert reading_class(HTTPProtocol, asyncio_loop) is buffered  # made once
+        # Bytes read into the shared buffer reach data_received as a copy.
+        config = Config(app="unused:app", date_header=False, server_header=False)
+        got: list[bytes] = []
+        protocol = buffered(ServerState(config, lambda cycle: None), asyncio_loop)
+        protocol.data_received = got.append  # type: ignore[method-assign, assignment]
+        assert isinstance(protocol, asyncio.BufferedProtocol)
+        view = memoryview(protocol.get_buffer(-1))
+        view[:3] = b"abc"
+        protocol.buffer_updated(3)
+        view[:3] = b"xyz"
+        assert got == [b"abc"]
+    finally:
+        asyncio_loop.close()
+        uv_loop.close()
+
+
+@pytest.mark.asyncio
+async def test_the_head_deadline_runs_only_while_a_head_waits_for_more_bytes() -> None:
+    from dualgate.http.flow import Deadline
+
+    def answer(cycle: RequestCycle) -> None:
+        cycle.respond(200, [], b"ok")
+
+    protocol, transport = connect(answer)
+
+    def kind() -> Deadline:  # read afresh each time (mypy would keep the first narrowing)
+        return protocol.flow.deadline_kind
+
+    assert kind() is Deadline.KEEP_ALIVE
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # whole: answered at once
+    assert transport.take().startswith(b"HTTP/1.1 200 OK")
+    assert kind() is Deadline.KEEP_ALIVE
+    protocol.data_received(b"GET / HTTP/1.1\r\n")  # a head left waiting: its deadline runs
+    assert kind() is Deadline.HEAD
+    first = protocol.flow.deadline
+    protocol.data_received(b"Host: x\r\n")  # more of it: the deadline is not pushed back
+    assert protocol.flow.deadline == first
+    protocol.data_received(b"\r\n")
+    assert transport.take().startswith(b"HTTP/1.1 200 OK")
+    assert kind() is Deadline.KEEP_ALIVE

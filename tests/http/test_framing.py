@@ -356,3 +356,53 @@ def test_no_transfer_encoding_to_an_http10_client_even_without_a_body(
     # For an HTTP/1.1 client it still says what the GET would have carried.
     head = build(status, [(b"Transfer-Encoding", b"chunked")], head_request=head_request)
     assert names(head).count(b"transfer-encoding") == 1
+
+
+def test_fields_and_status_lines_seen_are_remembered_and_give_the_same_head() -> None:
+    from dualgate.http import framing
+
+    framing._field_lines.clear()
+    framing._status_lines.clear()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"2"), (b"x-a", b"1")]
+    first = build(headers=headers)
+    # Only the plain fields are remembered as lines; a Content-Length with its value, which
+    # frames each response anew.
+    assert set(framing._field_lines) == {(b"content-type", b"text/plain"), (b"x-a", b"1")}
+    assert framing._length_fields[(b"content-length", b"2")] == 2
+    with pytest.raises(ValueError, match="invalid Content-Length"):
+        build(headers=[*headers, (b"Content-Length", b"3")])  # remembered, and still compared
+    assert set(framing._status_lines) == {(200, b"OK")}
+    again = build(headers=list(headers))
+    assert again.data == first.data
+    assert (again.framing, again.length, again.keep_alive) == (LENGTH, 2, True)
+
+
+def test_a_bad_field_or_status_line_is_never_remembered() -> None:
+    from dualgate.http import framing
+
+    framing._field_lines.clear()
+    framing._status_lines.clear()
+    framing._length_fields.clear()
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid value"):
+            build(headers=[(b"x-a", b"one\r\ntwo")])
+        with pytest.raises(ValueError, match="invalid reason"):
+            build(reason=b"O\nK")
+        with pytest.raises(ValueError, match="invalid final status"):
+            build(status=100)
+        with pytest.raises(ValueError, match="invalid Content-Length"):
+            build(headers=[(b"content-length", b"-1")])
+    assert framing._field_lines == {}
+    assert framing._length_fields == {}
+    assert set(framing._status_lines) == {(200, b"OK")}  # the good one, from the bad field's
+
+
+def test_remembered_fields_are_bounded() -> None:
+    from dualgate.http import framing
+
+    framing._field_lines.clear()
+    for i in range(framing._CACHE_LIMIT + 50):
+        head = build(headers=[(b"x-request-id", b"%d" % i)])
+        assert b"x-request-id: %d\r\n" % i in head.data
+    assert len(framing._field_lines) == framing._CACHE_LIMIT
+    framing._field_lines.clear()

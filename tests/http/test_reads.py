@@ -42,3 +42,24 @@ def test_reads_reuse_one_buffer_instead_of_a_fresh_256_kib_each(serve: ServeFact
             tracemalloc.stop()
     # The client's own reads take 64 KiB at a time; a server read of 256 KiB would show.
     assert peak < 160 * 1024, f"{peak} bytes at the peak"
+
+
+def test_uvloop_reads_into_its_own_buffer_and_asyncio_into_the_shared_one(
+    serve: ServeFactory,
+) -> None:
+    import asyncio
+
+    from dualgate.http.connection import HTTPProtocol
+
+    for loop, buffered in (("asyncio", True), ("uvloop", False)):
+        server = serve(ok_app, loop=loop)
+        state = server.state
+        assert state is not None
+        with connect(server.port) as sock:
+            sock.sendall(GET)
+            assert Reader(sock).read_response()[0] == b"HTTP/1.1 200 OK"
+            (connection,) = state.connections
+        # The loops ask isinstance(protocol, BufferedProtocol): uvloop then calls get_buffer
+        # and buffer_updated, two Python calls per read for a buffer it has itself.
+        assert isinstance(connection, asyncio.BufferedProtocol) is buffered, loop
+        assert isinstance(connection, HTTPProtocol)

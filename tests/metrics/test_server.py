@@ -424,7 +424,8 @@ def test_with_metrics_off_nothing_metered_is_built(serve: ServeFactory, app: Blo
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         Reader(sock).read_response()
         seen = [type(connection) for connection in state.connections]
-    assert seen == [HTTPProtocol]
+    # The plain protocol, with buffered reads added on the asyncio loop (reading_class).
+    assert [cls.__mro__[1] for cls in seen] == [HTTPProtocol]
     with connect(server.port) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
         assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
