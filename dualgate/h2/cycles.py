@@ -41,7 +41,7 @@ from dualgate.http.grammar import Headers
 from dualgate.http.peer import forward
 from dualgate.http.reader import Request
 from dualgate.http.state import ServerState
-from dualgate.logs import error_logger, log_access
+from dualgate.logs import error_logger
 
 __all__ = ["H2Server", "StreamCyclePort"]
 
@@ -249,17 +249,6 @@ class StreamCyclePort:
             figures.record(cycle.status, time.monotonic() - cycle.started_at)
             server.state.metrics.h2.answered += 1
         if server.state.access_log:
-            request = cycle.request
-            log_access(
-                cycle.client,
-                request.method,
-                request.target,
-                request.http_version,
-                cycle.status,
-                cycle.sent_bytes,
-                cycle.started_at,
-                request.headers,
-                cycle.response_headers,
-            )
+            cycle.log_access()
         if server.report is not None:
             server.report(cycle)

@@ -290,7 +290,7 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
     def response_done(self, cycle: RequestCycle) -> None:
         state = self.state
         if state.access_log:
-            _log_access(cycle)
+            cycle.log_access()
         phase = self.phase
         if phase is _CLOSED:
             return
@@ -310,7 +310,7 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
 
     def response_failed(self, cycle: RequestCycle) -> None:
         if self.state.access_log:
-            _log_access(cycle)
+            cycle.log_access()
         self.close()
 
     def _next_request(self) -> None:
@@ -357,7 +357,7 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
             cycle.status = status
             cycle.complete = True
             if self.state.access_log:
-                _log_access(cycle)
+                cycle.log_access()
         elif self.state.access_log:
             log_access(self.view.client, b"-", b"-", b"-", status, 0, None, ())
         self.close()
@@ -443,18 +443,3 @@ def reading_class(
         buffered = type("Buffered" + protocol.__name__, (protocol, _BufferedReads), {})
         _buffered[protocol] = buffered
     return buffered
-
-
-def _log_access(cycle: RequestCycle) -> None:
-    request = cycle.request
-    log_access(
-        cycle.client,
-        request.method,
-        request.target,
-        request.http_version,
-        cycle.status,
-        cycle.sent_bytes,
-        cycle.started_at,
-        request.headers,
-        cycle.response_headers,
-    )

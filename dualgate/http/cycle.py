@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, FRAMED, LENGTH, ResponseHead
 from dualgate.http.grammar import REASONS, Headers
 from dualgate.http.reader import Request
-from dualgate.logs import error_logger
+from dualgate.logs import error_logger, log_access
 
 if TYPE_CHECKING:
     from dualgate.http.state import ServerState
@@ -303,6 +303,22 @@ class RequestCycle:
             self.respond_error(500, "Internal Server Error\n")
             return None
         return self._head_decided(status, headers, head)
+
+    def log_access(self) -> None:
+        """The access line of this finished (or broken-off) response, for whichever protocol
+        carried it (HTTP/1.1, an HTTP/2 stream)."""
+        request = self.request
+        log_access(
+            self.client,
+            request.method,
+            request.target,
+            request.http_version,
+            self.status,
+            self.sent_bytes,
+            self.started_at,
+            request.headers,
+            self.response_headers,
+        )
 
     def send_head(self, status: int, headers: Headers, reason: bytes = b"") -> None:
         if self.complete:

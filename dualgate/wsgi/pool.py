@@ -147,15 +147,20 @@ class ThreadPool:
         for _job, on_refused, _deadline, _since in expired:
             on_refused()
 
+    def _give_to_waiting(self) -> bool:
+        """Under the lock: hand a freed thread to the job waiting longest, if one waits."""
+        if not self._waiting:
+            return False
+        job, _on_refused, _deadline, since = self._waiting.popleft()
+        self._jobs.put(job)
+        waited = time.monotonic() - since
+        self._waits.observe(waited)
+        self._window_longest = max(self._window_longest, waited)
+        return True
+
     def release(self) -> None:
         with self._lock:
-            if self._waiting:
-                job, _on_refused, _deadline, since = self._waiting.popleft()
-                self._jobs.put(job)
-                waited = time.monotonic() - since
-                self._waits.observe(waited)
-                self._window_longest = max(self._window_longest, waited)
-            else:
+            if not self._give_to_waiting():
                 self._free += 1
                 if self._free == 1 and self.on_full is not None:
                     self.on_full(False)
@@ -165,12 +170,7 @@ class ThreadPool:
         (a thread that wrote its response itself: wsgi/threads.py). `on_full` is still told on
         the loop, where it reads the pool afresh."""
         with self._lock:
-            if self._waiting:
-                job, _on_refused, _deadline, since = self._waiting.popleft()
-                self._jobs.put(job)
-                waited = time.monotonic() - since
-                self._waits.observe(waited)
-                self._window_longest = max(self._window_longest, waited)
+            if self._give_to_waiting():
                 return
             self._free += 1
             if self._free != 1 or self.on_full is None:
