@@ -106,8 +106,8 @@ def _setting_from(
 
 
 def _seconds(default: float, help: str, *, zero: bool = False) -> Any:
-    """A duration, in seconds (its help says so first): more than 0, or with `zero` 0 too (the
-    help says what 0 does where it is more than "at once")."""
+    """A duration: seconds (its help is said after "seconds"), more than 0, or with `zero` 0
+    too (where 0 means more than "at once", its help says what)."""
     return _setting(default, "seconds " + help, check=_non_negative if zero else _positive)
 
 
