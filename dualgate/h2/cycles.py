@@ -86,8 +86,12 @@ class H2Server:
         state = self.state
         head = stream.head
         length = head.content_length
+        if length is None and stream.body_complete:
+            # Without content-length, a body whose END_STREAM came before the handler started
+            # (in the same read as its HEADERS, often) is all here: its length is known.
+            length = stream.body_received
         # A body of unknown length is what HTTP/1.1 calls chunked: more to come, size unknown.
-        unknown = length is None and not stream.body_complete
+        unknown = length is None
         request = Request(
             head.method,
             head.target,
