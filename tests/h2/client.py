@@ -3,6 +3,11 @@ state machine: plain (prior knowledge), or TLS with ALPN h2, optionally after a 
 
 Every byte written and read is counted (`sent`, `received`), so a test can hold the server's
 byte counters against what really crossed the socket.
+
+h2's client takes a server's first GOAWAY for the end of the connection and then refuses the
+PING of the two-step graceful stop (RFC 9113 section 6.8) that follows it; with `hide_goaways`
+the GOAWAY frames are kept from it and gathered in `goaways` as (last stream id, error code),
+and the client goes on with the streams they spare, as a real client does.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from tests.h2.support import client_connection
 __all__ = ["Client", "tls_socket"]
 
 TIMEOUT = 10.0
+_GOAWAY = 0x7
+_FRAME_HEADER = 9
 
 
 def tls_socket(raw: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
@@ -48,6 +55,9 @@ class Client:
         self.statuses: dict[int, bytes] = {}
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.closed = False
+        self.hide_goaways = False
+        self.goaways: list[tuple[int, int]] = []
+        self._partial = b""  # the start of a frame not yet whole (hide_goaways only)
         self.sent = 0  # bytes written to the socket, all told
         self.received = 0  # bytes read from it
         self.flush()
@@ -73,6 +83,8 @@ class Client:
             self.closed = True
             return
         self.received += len(data)
+        if self.hide_goaways:
+            data = self._without_goaways(data)
         for event in self.conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived):
                 self.statuses[event.stream_id] = dict(event.headers)[b":status"]
@@ -91,6 +103,24 @@ class Client:
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
         self.flush()
+
+    def _without_goaways(self, data: bytes) -> bytes:
+        data = self._partial + data
+        kept = []
+        start = 0
+        while len(data) - start >= _FRAME_HEADER:
+            end = start + _FRAME_HEADER + int.from_bytes(data[start : start + 3], "big")
+            if end > len(data):
+                break
+            if data[start + 3] == _GOAWAY:
+                payload = data[start + _FRAME_HEADER : end]
+                last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                self.goaways.append((last, int.from_bytes(payload[4:8], "big")))
+            else:
+                kept.append(data[start:end])
+            start = end
+        self._partial = data[start:]
+        return b"".join(kept)
 
     def until(self, done: object, ack: bool = True) -> None:
         deadline = time.monotonic() + TIMEOUT
