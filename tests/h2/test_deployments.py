@@ -37,11 +37,8 @@ from tests.proxies import (
     Certs,
     ProxyFactory,
     client_connect,
-    haproxy_proxy,
     make_certs,
 )
-
-__all__ = ["haproxy_proxy"]  # a fixture, used by name
 
 TIMEOUT = 20.0
 LARGEST_STREAM_ID = 2**31 - 1
