@@ -30,7 +30,10 @@ from tests.conftest import running_server
 from tests.h2 import apps
 from tests.h2.apps import view_asgi, view_wsgi
 from tests.h2.client import Client, tls_socket
-from tests.processes import supervised
+from tests.h2.test_metrics import read_to_the_end
+from tests.metrics.test_supervisor import metrics_port, scrape
+from tests.metrics.test_units import value
+from tests.processes import supervised, wait_until
 from tests.procs.test_gunicorn import gunicorn, wait_for_workers
 from tests.proxies import (
     CLIENT_ADDRESS,
@@ -188,6 +191,38 @@ def test_limit_max_requests_counts_http2_streams(tmp_path: Path) -> None:
             client.close()
         assert after["pid"] not in pids
         assert after["pid"] in server.children()
+
+
+def test_the_supervisors_metrics_add_up_every_workers_http2_figures(tmp_path: Path) -> None:
+    copy_apps(tmp_path)
+    args = ("h2apps:view_wsgi", "--port", "0", "--workers", "2", "--http2", "on")
+    with supervised(tmp_path, *args, "--metrics-address", "127.0.0.1:0") as server:
+        port, metrics = server.port(), metrics_port(server)
+        server.wait_for("2 worker\\(s\\) ready")
+        sent = received = 0
+        for _ in range(4):
+            client = connect(port)
+            try:
+                views(client, b"/one", b"/two")
+                client.conn.close_connection()  # the server closes: every byte is counted
+                client.flush()
+                read_to_the_end(client)
+            finally:
+                client.close()
+            sent, received = sent + client.sent, received + client.received
+
+        def figures() -> tuple[float, float, float]:
+            families = scrape(metrics)
+            return (
+                value(families["dualgate_http_requests"], "dualgate_http_requests_total",
+                      http_version="2"),
+                value(families["dualgate_received_bytes"], "dualgate_received_bytes_total"),
+                value(families["dualgate_sent_bytes"], "dualgate_sent_bytes_total"),
+            )  # fmt: skip
+
+        # Each worker sends its figures with its heartbeat (once a second).
+        wait_until(lambda: figures()[0] == 8, 10, "8 HTTP/2 requests in the sum")
+        wait_until(lambda: figures() == (8, sent, received), 10, "the bytes in the sum")
 
 
 # -- the PROXY protocol ---------------------------------------------------------------------

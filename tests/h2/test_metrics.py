@@ -55,7 +55,7 @@ def _open(server: Server, certs: Certs | None) -> socket.socket:
     return raw if certs is None else tls_socket(raw, certs.client_context())
 
 
-def _read_to_the_end(client: Client) -> None:
+def read_to_the_end(client: Client) -> None:
     """Every byte the server still writes, counted, until it closes (h2's client is not fed:
     it takes nothing after its own GOAWAY)."""
     with contextlib.suppress(ConnectionResetError, ssl.SSLError):
@@ -81,7 +81,7 @@ def test_http2_bytes_both_ways_are_counted_exactly(tls: bool, app: object, certs
             assert client.answer(3) == big_body(300_000)
             client.conn.close_connection()  # the client's GOAWAY: the server closes
             client.flush()
-            _read_to_the_end(client)
+            read_to_the_end(client)
         finally:
             client.close()
         assert client.sent > 50_000 and client.received > 300_000
