@@ -13,8 +13,8 @@ metrics. With them on, the server builds these instead:
   no tagged handler saw (the health answer, a 404 outside every --mount) counts as "server";
 - `CountingThreadPool` (pool.py) counts the requests that got a thread at once;
 - `LagProbe` measures how late the loop runs a timer, four times a second.
-WebSocket handshakes are counted by websocket.py itself (interface "websocket"), which is
-given the Metrics only while metrics are on.
+WebSocket handshakes are counted where they are answered (ws/answer.py, interface
+"websocket"), and only while metrics are on.
 """
 
 from __future__ import annotations
