@@ -1,6 +1,10 @@
-"""The h11 reader's plain-head shortcut (heads.py `parse_head_h11`) gives h11's own answer
-(`parse_head_h11_only`) for every head: the heads of every corpus request, every fuzz seed and
-hypothesis-made requests, valid and mutated, and heads made to sit on the shortcut's edges.
+"""Two shortcuts on the head path give the answers of the long way for every head: the heads of
+every corpus request, every fuzz seed and hypothesis-made requests, valid and mutated, and
+heads made to sit on the shortcuts' edges.
+- The h11 reader's plain-head shortcut (heads.py `parse_head_h11`) gives h11's own answer
+  (`parse_head_h11_only`).
+- checks.py's one-scan test of the raw head (`_CLEAN_HEAD`) matches exactly the heads that pass
+  its three raw-head rules (bare CR or LF, obs-fold, control characters).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import pytest
 from hypothesis import given
 
 from benchmarks.fuzz_target import decode
+from dualgate.http.checks import _CLEAN_HEAD, _HEAD_BYTES, _OBS_FOLD
 from dualgate.http.heads import _PLAIN, parse_head_h11, parse_head_h11_only
 from tests.http.test_readers_differential import CORPUS, SEEDS, SETTINGS, edits, mutate, streams
 
@@ -34,10 +39,24 @@ def heads_in(data: bytes) -> list[bytes]:
     return found
 
 
+def passes_the_raw_rules(head: bytes) -> bool:
+    """checks.py's three raw-head rules, each on its own, as check_request applies them."""
+    lf = head.count(b"\n")
+    return (
+        lf == head.count(b"\r\n") == head.count(b"\r")
+        and _OBS_FOLD.search(head) is None
+        and not head.translate(None, _HEAD_BYTES)
+    )
+
+
 def assert_h11s_answer(data: bytes) -> int:
     heads = heads_in(data)
     for head in heads:
         assert parse_head_h11(head) == parse_head_h11_only(head), head
+        if head[:1] > b"\x20":  # the reader refuses the others before any check
+            assert (_CLEAN_HEAD(head) is not None) == passes_the_raw_rules(head), head
+        elif _CLEAN_HEAD(head) is not None:
+            assert passes_the_raw_rules(head), head
     return len(heads)
 
 
@@ -96,15 +115,26 @@ EDGES = [
     b"GET / HTTP/1.1\r\nHost: h\r\nX-\x00: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x7fb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n\tb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x0bb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nX: \x80\xff\t\r\n\r\n",
+    b"GET / HTTP/1.1\r\r\nHost: h\r\n\r\n",
+    b"GET /\tx HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /\x0b HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /\x7f HTTP/1.1\r\nHost: h\r\n\r\n",
 ]
 
 
 @pytest.mark.parametrize("head", EDGES)
 def test_the_edges_of_the_shortcut(head: bytes) -> None:
-    assert parse_head_h11(head) == parse_head_h11_only(head)
+    assert_h11s_answer(head)
 
 
 def test_the_shortcut_takes_a_typical_head() -> None:
     # So the tests above compare two different paths, not h11 with itself.
     assert _PLAIN(b"GET /a?b HTTP/1.1\r\nHost: h:80\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n")
     assert _PLAIN(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n") is None
+    assert _CLEAN_HEAD(b"GET / HTTP/1.1\r\nHost: h\r\nX: \xff\r\n\r\n")
+    assert _CLEAN_HEAD(b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n") is None
