@@ -245,7 +245,7 @@ class Config:
     _section("http")
     limit_concurrency: int = _setting(
         1000,
-        "most open connections; beyond it a new connection gets 503 and a close",
+        "most open connections; beyond it a new connection's first request gets 503 and a close",
         check=_positive,
     )
     timeout_keep_alive: float = _setting(
