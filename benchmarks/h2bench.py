@@ -1,13 +1,16 @@
 """HTTP/2 throughput: dualgate against hypercorn and granian, measured by h2load.
 
-    python -m benchmarks.h2bench [--seconds 5] [--servers dualgate,hypercorn,granian]
+    python -m benchmarks.h2bench [--seconds 5] [--rounds 3] [--servers dualgate,hypercorn,granian]
 
 Each server runs one process pinned to CPU 0 (`taskset -c 0`), h2load to CPU 1, on loopback;
 for each of h2c (prior knowledge) and TLS (ALPN h2, a trustme certificate made here), the WSGI
 and the ASGI hello app (benchmarks/apps), with `-c10 -m10` (10 connections, 10 streams each)
 and `-c1 -m1`. Every run is bounded: h2load runs for `--seconds` after a 1-second warm-up.
-The table gives requests per second and how many failed; a server that cannot serve a case
-(granian's WSGI over TLS, say) shows its error instead of a number.
+Servers take turns within a round, the order rotated each round, and each cell is the median
+over rounds, so a noisy machine moves every server alike. The table gives requests per second
+and how many failed; a server that cannot serve a case shows its error instead of a number.
+hypercorn ends an HTTP/2 connection after `keep_alive_max_requests` (1,000 by default) and
+h2load does not reconnect, so it runs with that limit lifted, as the others have none.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import contextlib
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from argparse import Namespace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +46,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_argv(name: str, kind: str, port: int, tls: tuple[str, str] | None) -> list[str]:
+def server_argv(
+    name: str, kind: str, port: int, tls: tuple[str, str] | None, directory: str
+) -> list[str]:
     app = APPS[kind]
     if name == "dualgate":
         argv = [sys.executable, "-m", "dualgate", "serve", app, "--port", str(port)]
@@ -50,7 +57,10 @@ def server_argv(name: str, kind: str, port: int, tls: tuple[str, str] | None) ->
             argv += ["--ssl-certfile", tls[0], "--ssl-keyfile", tls[1]]
         return argv
     if name == "hypercorn":
+        config = Path(directory, "hypercorn.toml")
+        config.write_text("keep_alive_max_requests = 1000000000\n")
         argv = [sys.executable, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
+        argv += ["--config", str(config)]
         if tls:
             argv += ["--certfile", tls[0], "--keyfile", tls[1]]
         return argv
@@ -96,13 +106,39 @@ def h2load(url: str, load: tuple[str, ...], seconds: int) -> tuple[float, int]:
     return float(rate.group(1)), int(failed.group(1))
 
 
+def measure(
+    name: str, kind: str, load: tuple[str, ...], tls: tuple[str, str] | None, args: Namespace
+) -> tuple[float, int] | str:
+    port = free_port()
+    scheme = "https" if tls else "http"
+    try:
+        with running(server_argv(name, kind, port, tls, args.directory), port):
+            return h2load(f"{scheme}://127.0.0.1:{port}/", load, args.seconds)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return f"error: {exc}"[:60]
+
+
+def cell(results: list[tuple[float, int] | str]) -> tuple[str, float | None]:
+    rates = [r[0] for r in results if isinstance(r, tuple)]
+    if not rates:
+        return str(results[-1]), None
+    failed = sum(r[1] for r in results if isinstance(r, tuple))
+    rate = statistics.median(rates)
+    errors = len(results) - len(rates)
+    note = f" ({failed} failed)" if failed else ""
+    note += f" ({errors} rounds errored)" if errors else ""
+    return f"{rate:,.0f}{note}", rate
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--servers", default=",".join(SERVERS))
     args = parser.parse_args(argv)
     servers = args.servers.split(",")
     with tempfile.TemporaryDirectory() as directory:
+        args.directory = directory
         ca = trustme.CA()
         leaf = ca.issue_cert("127.0.0.1", "localhost")
         cert, key = Path(directory, "cert.pem"), Path(directory, "key.pem")
@@ -116,25 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         print("| --- | --- | --- | " + " | ".join("---" for _ in servers) + " | --- |")
         for transport in ("h2c", "tls"):
             tls = (str(cert), str(key)) if transport == "tls" else None
-            scheme = "https" if tls else "http"
             for kind in APPS:
                 for load_name, load in LOADS.items():
-                    cells: dict[str, str] = {}
-                    rates: dict[str, float] = {}
-                    for name in servers:
-                        port = free_port()
-                        try:
-                            with running(server_argv(name, kind, port, tls), port):
-                                rate, failed = h2load(f"{scheme}://127.0.0.1:{port}/", load,
-                                                      args.seconds)  # fmt: skip
-                            rates[name] = rate
-                            cells[name] = f"{rate:,.0f}" + (f" ({failed} failed)" if failed else "")
-                        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                            cells[name] = f"error: {exc}"[:60]
+                    results: dict[str, list[tuple[float, int] | str]] = {n: [] for n in servers}
+                    for round_index in range(args.rounds):
+                        shift = round_index % len(servers)
+                        for name in servers[shift:] + servers[:shift]:
+                            results[name].append(measure(name, kind, load, tls, args))
+                    cells = {name: cell(results[name]) for name in servers}
                     ratio = ""
-                    if rates.get("hypercorn") and "dualgate" in rates:
-                        ratio = f"{rates['dualgate'] / rates['hypercorn']:.2f}x"
-                    line = " | ".join(cells[name] for name in servers)
+                    dualgate, hypercorn = cells.get("dualgate"), cells.get("hypercorn")
+                    if dualgate and hypercorn and dualgate[1] and hypercorn[1]:
+                        ratio = f"{dualgate[1] / hypercorn[1]:.2f}x"
+                    line = " | ".join(cells[name][0] for name in servers)
                     print(f"| {transport} | {kind} | {load_name} | {line} | {ratio} |", flush=True)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -38,16 +39,32 @@ class Cores:
         return cls(frozenset({cpus[0]}), frozenset({cpus[1]}))
 
 
-def _pin(cpus: frozenset[int] | None) -> Callable[[], None] | None:
-    if cpus is None:
+def _prepare(cpus: frozenset[int] | None, nofile: int | None) -> Callable[[], None] | None:
+    if cpus is None and nofile is None:
         return None
 
-    def pin() -> None:
-        os.sched_setaffinity(0, cpus)
+    def prepare() -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if nofile is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            wanted = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
     # preexec_fn is unsafe only when the parent has threads; the harness never starts any. Pinning
-    # before exec (rather than after Popen returns) means workers a server forks inherit it too.
-    return pin
+    # before exec (rather than after Popen returns) means workers a server forks inherit it too,
+    # as they inherit the descriptor limit.
+    return prepare
+
+
+def raise_nofile(wanted: int) -> int:
+    """Raise this process's soft descriptor limit towards `wanted` (up to the hard limit);
+    return the soft limit it has now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
 def spawn(
@@ -58,7 +75,10 @@ def spawn(
     cwd: Path | None = None,
     stdout: IO[bytes] | int = subprocess.DEVNULL,
     stderr: IO[bytes] | int = subprocess.STDOUT,
+    nofile: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    """Start `argv` in a new session, pinned to `cpus`, with a soft RLIMIT_NOFILE of `nofile`
+    (up to the hard limit) when given."""
     proc = subprocess.Popen(
         list(argv),
         env=dict(env) if env is not None else None,
@@ -67,7 +87,7 @@ def spawn(
         stdout=stdout,
         stderr=stderr,
         start_new_session=True,
-        preexec_fn=_pin(cpus),
+        preexec_fn=_prepare(cpus, nofile),
     )
     _live[proc.pid] = proc
     return proc
@@ -180,14 +200,7 @@ def _session_members(session: int) -> list[str]:
 
 
 def _vm_hwm_kib(pid: str) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return None
+    return _status_kib(pid, "VmHWM:")
 
 
 def peak_rss_kib(session: int) -> tuple[int, int] | None:
@@ -203,6 +216,49 @@ def peak_rss_kib(session: int) -> tuple[int, int] | None:
             total += hwm
             count += 1
     return (total, count) if count else None
+
+
+def _status_kib(pid: str, field: str) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return None
+
+
+def rss_kib(session: int) -> tuple[int, int] | None:
+    """Sum of VmRSS (resident now, not the peak) over every live process of a session, and how
+    many processes that was; pages shared after fork count once per process, as in
+    `peak_rss_kib`."""
+    total = count = 0
+    for entry in _session_members(session):
+        rss = _status_kib(entry, "VmRSS:")
+        if rss is not None:
+            total += rss
+            count += 1
+    return (total, count) if count else None
+
+
+def threads(session: int) -> int:
+    """Threads over every live process of a session."""
+    return sum(_status_kib(entry, "Threads:") or 0 for entry in _session_members(session))
+
+
+def open_sockets(session: int) -> int:
+    """Socket descriptors held by the processes of a session: listeners, the loop's self-pipe
+    socketpairs, and every accepted connection (a descriptor shared by fork counts per process)."""
+    count = 0
+    for entry in _session_members(session):
+        directory = f"/proc/{entry}/fd"
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(directory):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"{directory}/{fd}").startswith("socket:"):
+                        count += 1
+    return count
 
 
 def cpu_seconds(session: int) -> float | None:

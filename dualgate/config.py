@@ -256,7 +256,8 @@ class Config:
 
     _section("http")
     limit_concurrency: int = _count(
-        1000, "most open connections; beyond it a new connection gets 503 and a close"
+        1000,
+        "most open connections; beyond it a new connection's first request gets 503 and a close",
     )
     timeout_keep_alive: float = _seconds(5.0, "an idle keep-alive connection is kept open")
     timeout_request_head: float = _seconds(

@@ -158,11 +158,20 @@ class Server:
         return not self._stop_requested and not (state is not None and state.shutting_down)
 
     def shutdown(self, force: bool = False) -> None:
-        """Ask for a graceful stop; safe from any thread, and before the loop has started."""
+        """Ask for a graceful stop; safe from any thread, and before the loop has started.
+
+        Asked on the loop's own thread (a worker's request hook deciding that this request is
+        its last, a signal handler), the server also stops accepting there and then: the
+        graceful stop runs a loop pass or two later, and uvloop runs a listener's callback in
+        between, so a connection arriving meanwhile was accepted and served past
+        --limit-max-requests (gunicorn's --max-requests)."""
         self._force = self._force or force
         self._stop_requested = True
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
+            if _running_loop() is loop:
+                for acceptor in self._acceptors:
+                    acceptor.pause()
             loop.call_soon_threadsafe(stop.set)
 
     # -- start-up -----------------------------------------------------------------------
@@ -278,7 +287,7 @@ class Server:
         self.addresses = [sock.getsockname() for sock in self.sockets]
 
     def _on_pool_full(self, full: bool) -> None:
-        if self.state is not None and self.state.shutting_down:
+        if self._stop_requested or (self.state is not None and self.state.shutting_down):
             return
         for acceptor in self._acceptors:
             if full:
@@ -461,6 +470,14 @@ def _sweep_interval(config: Config) -> float:
     """How often connection deadlines are checked: a timeout fires at most a quarter late."""
     shortest = min(config.timeout_keep_alive, config.timeout_request_head, config.timeout_read)
     return min(1.0, max(0.01, shortest / 4))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -1,18 +1,24 @@
 """The benchmark harness's own parts: CPU time of a server's process tree, the CPU column of the
-report, and how launchers read a server's --help to pick a parser or skip a variant."""
+report, how launchers read a server's --help to pick a parser or skip a variant, and the
+idle-connection memory measure (`benchmarks.idle_memory`), run small against dualgate."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from benchmarks import procs, report, servers
+from benchmarks import idle_memory, procs, report, servers
 from benchmarks.measurement import Measurement
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # A parent that burns CPU itself, then runs a child that burns CPU and waits for it: the
 # child's time is then only in the parent's cutime/cstime.
@@ -188,3 +194,79 @@ def test_granian_runs_one_worker_one_runtime_thread_http1_without_access_log() -
         assert value("--workers") == value("--runtime-threads") == value("--http") == "1"
         assert "--no-access-log" in argv
         assert "--blocking-threads" not in argv  # granian's own default unless --threads
+
+
+# -- memory per idle connection ---------------------------------------------------------------
+
+
+def _idle_run(tmp_path: Path, *options: str) -> dict[str, Any]:
+    out = tmp_path / "idle.md"
+    argv = [sys.executable, "-m", "benchmarks.idle_memory", "--servers", "dualgate", "-n", "50"]
+    argv += ["--batch", "10", "--hold", "0.5", "--timeout", "30", "--out", str(out), *options]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data: dict[str, Any] = json.loads(out.with_suffix(".json").read_text())
+    assert out.read_text() in done.stdout  # the table on stdout is the one written
+    return data
+
+
+def test_idle_memory_holds_every_connection_open_and_reads_the_servers_rss(
+    tmp_path: Path,
+) -> None:
+    data = _idle_run(tmp_path)
+    assert data["notes"] == []
+    found = {r["variant"]: r for r in data["results"]}
+    assert set(found) == {"keep-alive", "silent"}
+    for result in found.values():
+        assert result["connections"] == 50
+        # Every connection opened (and, for keep-alive, answered 200), held by the server as a
+        # socket of its own, and still open at the reading and after the hold.
+        assert result["opened"] == result["accepted"] == 50, result
+        assert result["open_at_reading"] == result["open_after_hold"] == 50, result
+        assert result["failures"] == {} and result["closed"] == {}
+        assert result["all_open"] is True
+        assert result["processes"] == 1
+        assert result["rss_before_kib"] > 1024 and result["rss_after_kib"] > 1024
+        # Sane for 50 connections: not a megabyte each (RSS moves in 4 KiB pages, and memory
+        # freed after the warm-up is reused first, so a small run can show little).
+        assert -64 < result["kib_per_connection"] < 1024, result
+        assert "--limit-concurrency" in result["argv"]
+
+
+def test_idle_memory_shows_connections_a_server_refused(tmp_path: Path) -> None:
+    # dualgate answers 503 and closes beyond --limit-concurrency: those connections must show
+    # as not opened, with why, rather than be counted.
+    data = _idle_run(
+        tmp_path, "--variants", "keep-alive", "--extra-arg=--limit-concurrency", "--extra-arg=20"
+    )
+    (result,) = data["results"]
+    assert result["opened"] == 20 and result["failures"] == {"status 503": 30}, result
+    assert result["all_open"] is False
+    assert "| **no** |" in (tmp_path / "idle.md").read_text()
+
+
+def test_still_open_tells_open_from_closed_and_unasked_bytes() -> None:
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for ours, _ in pairs:
+            ours.setblocking(False)
+        pairs[1][1].close()  # the server closed it
+        pairs[2][1].sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")  # said something unasked
+        count, closed = idle_memory.still_open([ours for ours, _ in pairs])
+        assert count == 1
+        assert closed == {"EOF": 1, "unexpected data": 1}
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+
+
+def test_response_status_waits_for_the_whole_response() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    assert idle_memory.response_status(head + b"hel") is None
+    assert idle_memory.response_status(head + b"hello") == 200
+    chunked = b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n"
+    assert idle_memory.response_status(chunked) is None
+    assert idle_memory.response_status(chunked + b"0\r\n\r\n") == 503
+    # Framed by the end of the connection: never a complete keep-alive response.
+    assert idle_memory.response_status(b"HTTP/1.1 200 OK\r\n\r\nbody") is None

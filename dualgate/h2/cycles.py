@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dualgate.h2.protocol import H2Protocol
+from dualgate.h2.protocol import H2Protocol, MeteredH2Protocol
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import INTERNAL_ERROR, Stream
 from dualgate.http.checks import Framing
@@ -67,6 +67,8 @@ class H2Server:
         # A process manager's per-response hook (the gunicorn worker's access log and StatsD).
         self.report = report
         self.metered = state.metrics.metered
+        # Chosen once: the metered one counts the connection's bytes (protocol.py).
+        self.protocol: type[H2Protocol] = MeteredH2Protocol if self.metered else H2Protocol
 
     def take_over(
         self, transport: asyncio.BaseTransport, first: bytes, view: View, believed: bool
@@ -78,7 +80,7 @@ class H2Server:
         def serve(stream: Stream) -> None:
             self.serve(stream, view, believed)
 
-        protocol = H2Protocol(state, self.settings, serve, self.loop)
+        protocol = self.protocol(state, self.settings, serve, self.loop)
         protocol.take_over(transport, first)
 
     def serve(self, stream: Stream, view: View, believed: bool) -> None:
@@ -86,8 +88,12 @@ class H2Server:
         state = self.state
         head = stream.head
         length = head.content_length
+        if length is None and stream.body_complete:
+            # Without content-length, a body whose END_STREAM came before the handler started
+            # (in the same read as its HEADERS, often) is all here: its length is known.
+            length = stream.body_received
         # A body of unknown length is what HTTP/1.1 calls chunked: more to come, size unknown.
-        unknown = length is None and not stream.body_complete
+        unknown = length is None
         request = Request(
             head.method,
             head.target,

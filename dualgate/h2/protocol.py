@@ -15,6 +15,12 @@ a graceful stop `shutdown` (GOAWAY, PING, GOAWAY: core.py), and `force_close` wh
 
 A client that takes no bytes for `timeout_write` while the transport is paused is cut off, as
 on HTTP/1.1; while it is paused, the core frames no more response bytes.
+
+Counting: while metrics are on, the server builds `MeteredH2Protocol` instead (as it builds
+metered.py's `MeteredHTTPProtocol` for HTTP/1.1): it adds the bytes read and written to the
+same `received_bytes` and `sent_bytes`. The bytes read before the hand-off were counted by the
+HTTP/1.1 connection that read them. With metrics off nothing is wrapped: `_send` is the
+transport's own `write`.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
 from dualgate.metrics.counters import Metrics
 
-__all__ = ["H2Protocol", "Host", "StreamHandler"]
+__all__ = ["H2Protocol", "Host", "MeteredH2Protocol", "StreamHandler"]
 
 StreamHandler = Callable[[Stream], None]
 
@@ -60,6 +66,7 @@ class H2Protocol(asyncio.Protocol):
         self.loop = loop
         self.transport: asyncio.Transport
         self.core: H2Core
+        self._send: Callable[[bytes], None]  # the transport's write (or a counting one)
         self._flushing = False  # in a read or a flush: what is queued goes out at its end
         self._flush_scheduled = False
         self._write_timer: asyncio.TimerHandle | None = None
@@ -71,13 +78,15 @@ class H2Protocol(asyncio.Protocol):
         transport.set_protocol(self)
         self.connection_made(transport)
         if first:
-            self.data_received(first)
+            # H2Protocol's own: the HTTP/1.1 connection read (and counted) these already.
+            H2Protocol.data_received(self, first)
 
     # -- asyncio callbacks --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
         self.transport = cast(asyncio.Transport, transport)
+        self._send = self._outlet(self.transport)
         host = self.host
         self.core = H2Core(
             self.settings, self, self.loop.time, lambda: host.default_headers, host.metrics.h2
@@ -124,6 +133,10 @@ class H2Protocol(asyncio.Protocol):
 
     # -- the core's outlet ----------------------------------------------------------------
 
+    def _outlet(self, transport: asyncio.Transport) -> Callable[[bytes], None]:
+        """What `_flush` writes with, chosen once per connection: the transport's `write`."""
+        return transport.write
+
     def output_ready(self) -> None:
         if not self._flushing and not self._flush_scheduled and not self._gone:
             self._flush_scheduled = True
@@ -147,7 +160,7 @@ class H2Protocol(asyncio.Protocol):
         finally:
             self._flushing = False
         if data:
-            self.transport.write(data)
+            self._send(data)
         if self.core.phase is Phase.CLOSED:
             self.transport.close()
             self._release()
@@ -181,3 +194,21 @@ class H2Protocol(asyncio.Protocol):
             self.transport.abort()
             self.core.lost()
             self._release()
+
+
+class MeteredH2Protocol(H2Protocol):
+    """An HTTP/2 connection that counts the bytes it reads and writes (metrics on only)."""
+
+    def data_received(self, data: bytes) -> None:
+        self.host.metrics.received_bytes += len(data)
+        H2Protocol.data_received(self, data)
+
+    def _outlet(self, transport: asyncio.Transport) -> Callable[[bytes], None]:
+        metrics = self.host.metrics
+        write = transport.write
+
+        def counted(data: bytes) -> None:
+            metrics.sent_bytes += len(data)
+            write(data)
+
+        return counted

@@ -75,6 +75,14 @@ _OBS_FOLD = re.compile(rb"\n[ \t]")
 # VT and FF in values itself but lets the other controls through to the application. Deleting
 # these with bytes.translate leaves the controls, at half the cost of a regex search.
 _HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# A head that passes all three raw-head rules (CRLF line ends only, no obs-fold, no control
+# character but HTAB), in one scan at half the cost of the three: lines of those bytes ended by
+# CRLF, none after the first starting with white space, then the blank line. A match implies
+# the three pass, whatever the input; a head the reader cut (first byte above 0x20, one blank
+# line, at its end) that passes them matches.
+_CLEAN_HEAD = re.compile(
+    rb"[\t\x20-\x7e\x80-\xff]*\r\n(?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*\r\n)*\r\n"
+).fullmatch
 
 
 def oversized_head(head: bytes | bytearray, limit: int) -> Refusal | None:
@@ -119,15 +127,18 @@ def check_request(
     """The RFC 9112 MUSTs that h11 leaves to us: a Refusal, or the request's framing."""
     if http_version[:2] != b"1.":
         return Refusal(505, "Only HTTP/1.x is served", "unsupported")
-    lf = head.count(b"\n")
-    if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
-        return Refusal(400, "Bare CR or LF in the request head", "smuggling")
-    if _OBS_FOLD.search(head):
-        return Refusal(400, "Obsolete line folding in the request head", "smuggling")
-    if head.translate(None, _HEAD_BYTES):
-        # RFC 9110 section 5.5 lets a recipient keep these only "within a safe context"; a
-        # server cannot know what the application does with a header, so it refuses them.
-        return Refusal(400, "A control character in a header field value", "malformed")
+    if _CLEAN_HEAD(head) is None:
+        # One of the three rules below is broken (or the head has an odd shape that passes
+        # them all): each is checked on its own, for the refusal's reason.
+        lf = head.count(b"\n")
+        if lf != head.count(b"\r\n") or lf != head.count(b"\r"):
+            return Refusal(400, "Bare CR or LF in the request head", "smuggling")
+        if _OBS_FOLD.search(head):
+            return Refusal(400, "Obsolete line folding in the request head", "smuggling")
+        if head.translate(None, _HEAD_BYTES):
+            # RFC 9110 section 5.5 lets a recipient keep these only "within a safe context"; a
+            # server cannot know what the application does with a header, so it refuses them.
+            return Refusal(400, "A control character in a header field value", "malformed")
     has_length = has_chunked = False
     length = 0
     connection: list[bytes] = []

@@ -5,13 +5,16 @@ With metrics off none of this exists: the server builds plain HTTPProtocols, a p
 ThreadPool and untagged handlers, so a request takes not one step more than it would without
 metrics. With them on, the server builds these instead:
 - `MeteredHTTPProtocol` counts connections accepted, bytes received and written, and every
-  response: by the interface its handler was tagged with, status class and duration;
+  response: by the interface its handler was tagged with, status class and duration; a
+  connection it hands to HTTP/2 goes on counting its bytes in h2/protocol.py's
+  `MeteredH2Protocol`, which the HTTP/2 server builds instead of `H2Protocol` (it lives there:
+  h2 is optional, and this module is imported without it);
 - `tagged` handlers put their interface's figures on the cycle before handling it; a response
   no tagged handler saw (the health answer, a 404 outside every --mount) counts as "server";
 - `CountingThreadPool` (pool.py) counts the requests that got a thread at once;
 - `LagProbe` measures how late the loop runs a timer, four times a second.
-WebSocket handshakes are counted by websocket.py itself (interface "websocket"), which is
-given the Metrics only while metrics are on.
+WebSocket handshakes are counted where they are answered (ws/answer.py, interface
+"websocket"), and only while metrics are on.
 """
 
 from __future__ import annotations

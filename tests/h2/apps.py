@@ -3,17 +3,26 @@
 Paths: /info answers "<protocol> <host> <scheme>"; /echo answers the request body's length and
 SHA-256; /big?N answers N bytes; /slow sleeps a second first (a stream in flight); /headers
 answers with hop-by-hop headers set, which HTTP/2 must drop.
+
+`view_wsgi` and `view_asgi` answer what the application saw, as JSON (`View`): the process, the
+protocol, the client, the scheme, the host, the root path and the path. Their /hold waits
+(30 seconds at most) for a file named `release` in the current directory, after saying so on
+stderr: a stream held in flight for as long as a test needs. The module imports nothing but
+the standard library, so the process tests copy it next to the servers they start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["asgi_app", "big_body", "wsgi_app"]
+__all__ = ["asgi_app", "big_body", "view_asgi", "view_wsgi", "wsgi_app"]
 
 
 def big_body(size: int) -> bytes:
@@ -84,3 +93,64 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             {"type": "http.response.body", "body": out[start : start + 100000], "more_body": True}
         )
     await send({"type": "http.response.body", "body": b""})
+
+
+# -- what the application saw ---------------------------------------------------------------
+
+_HOLD_MOST = 30.0
+
+
+def _hold() -> None:
+    print("holding in", os.getpid(), file=sys.stderr, flush=True)
+    deadline = time.monotonic() + _HOLD_MOST
+    while not os.path.exists("release") and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _view(protocol: str, client: Any, scheme: str, host: str, root: str, path: str) -> bytes:
+    seen = {
+        "pid": os.getpid(),
+        "protocol": protocol,
+        "client": list(client) if client else None,
+        "scheme": scheme,
+        "host": host,
+        "root": root,
+        "path": path,
+    }
+    return json.dumps(seen).encode()
+
+
+def view_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    if environ["PATH_INFO"].endswith("/hold"):
+        _hold()
+    port = environ.get("REMOTE_PORT")
+    body = _view(
+        environ["SERVER_PROTOCOL"],
+        (environ["REMOTE_ADDR"], int(port) if port else None),
+        environ["wsgi.url_scheme"],
+        environ.get("HTTP_HOST", ""),
+        environ["SCRIPT_NAME"],
+        environ["PATH_INFO"],
+    )
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+
+async def view_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["path"].endswith("/hold"):
+        await asyncio.get_running_loop().run_in_executor(None, _hold)
+    body = _view(
+        "HTTP/" + scope["http_version"],
+        scope["client"],
+        scope["scheme"],
+        dict(scope["headers"]).get(b"host", b"").decode(),
+        scope["root_path"],
+        scope["path"],
+    )
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})

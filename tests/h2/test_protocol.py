@@ -117,13 +117,13 @@ async def test_a_connection_taken_over_serves_streams_from_tasks() -> None:
 async def test_the_writes_of_many_streams_in_one_turn_go_out_in_one_write() -> None:
     writes: list[int] = []
     wire = Wire(lambda stream: None)
-    original = wire.transport.write
+    original = wire.protocol._send  # the transport's write, taken once per connection
 
-    def counting(data: object) -> None:
+    def counting(data: bytes) -> None:
         writes.append(1)
         original(data)
 
-    wire.transport.write = counting  # type: ignore[method-assign]
+    wire.protocol._send = counting
     held: list[Stream] = []
     wire.protocol.handler = held.append
     for _ in range(10):

@@ -6,21 +6,20 @@ CONTINUATION flood) end their own connection while another client is still serve
 from __future__ import annotations
 
 import contextlib
-import socket
+import hashlib
 import subprocess
 import time
 from collections.abc import Iterator
 
-import h2.events
 import httpx
 import pytest
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 
 from dualgate import Server
 from tests.conftest import running_server
 from tests.h2.apps import asgi_app, big_body, wsgi_app
-from tests.h2.support import client_connection, raw_frame, request
+from tests.h2.client import Client
+from tests.h2.support import raw_frame, request
 
 TIMEOUT = 10.0
 APPS = {"wsgi": wsgi_app, "asgi": asgi_app}
@@ -30,72 +29,6 @@ APPS = {"wsgi": wsgi_app, "asgi": asgi_app}
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     with running_server(APPS[request.param], http2="on") as server:
         yield server
-
-
-class Client:
-    """One HTTP/2 connection over a socket; events are gathered per stream."""
-
-    def __init__(self, port: int, conn: H2Connection | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.conn = conn or client_connection()
-        self.bodies: dict[int, bytearray] = {}
-        self.ended: set[int] = set()
-        self.resets: dict[int, int] = {}
-        self.statuses: dict[int, bytes] = {}
-        self.goaway: h2.events.ConnectionTerminated | None = None
-        self.closed = False
-        self.flush()
-
-    def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read(self, ack: bool = True) -> None:
-        """One read; `ack`: give the stream's window back for DATA received (a fast reader).
-        The connection's window is always given back: a slow reader of one stream still reads
-        the connection."""
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.closed = True
-            return
-        for event in self.conn.receive_data(data):
-            if isinstance(event, h2.events.ResponseReceived):
-                self.statuses[event.stream_id] = dict(event.headers)[b":status"]
-            elif isinstance(event, h2.events.DataReceived):
-                self.bodies.setdefault(event.stream_id, bytearray()).extend(event.data)
-                if ack:
-                    self.conn.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
-                elif event.flow_controlled_length:
-                    self.conn.increment_flow_control_window(event.flow_controlled_length)
-            elif isinstance(event, h2.events.StreamEnded):
-                self.ended.add(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                self.resets[event.stream_id] = event.error_code
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self.goaway = event
-        self.flush()
-
-    def until(self, done: object, ack: bool = True) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not (callable(done) and done()) and not self.closed:
-            assert time.monotonic() < deadline, "the server did not answer in time"
-            self.read(ack)
-
-    def get(self, path: bytes, stream_id: int, end: bool = True) -> None:
-        self.conn.send_headers(stream_id, request(b"GET", path), end_stream=end)
-        self.flush()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def port(server: Server) -> int:
@@ -121,6 +54,23 @@ def test_a_slow_reader_stream_does_not_hold_the_others(server: Server) -> None:
         assert bytes(client.bodies[3]).startswith(b"HTTP/2 ")
         assert 1 not in client.ended
         assert len(client.bodies[1]) <= 65535  # the client's window, never opened further
+    finally:
+        client.close()
+
+
+def test_a_body_without_content_length_that_came_with_its_headers_is_read(
+    server: Server,
+) -> None:
+    # HEADERS and DATA with END_STREAM in one write, no content-length (RFC 9113 8.1.2.6
+    # makes it optional): the stream starts with its whole body already received, which
+    # the application once saw as empty.
+    client = Client(port(server))
+    try:
+        for stream_id, size in ((1, 10), (3, 40_000), (5, 0)):
+            body = big_body(size)
+            client.send(stream_id, b"POST", b"/echo", body=body)
+            digest = hashlib.sha256(body).hexdigest()
+            assert client.answer(stream_id) == f"{size} {digest}".encode()
     finally:
         client.close()
 

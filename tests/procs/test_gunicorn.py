@@ -119,9 +119,9 @@ def test_gunicorn_serves_flask_with_max_requests(tmp_path: Path) -> None:
             assert b'"multiprocess":false' in body.replace(b" ", b"")
             pids.append(int(body.split(b'"pid":')[1].split(b",")[0].split(b"}")[0]))
         # gunicorn's --max-requests, counted by dualgate: a new worker every 3 requests.
-        assert pids[0:3] == [pids[0]] * 3
-        assert pids[3:6] == [pids[3]] * 3
-        assert len({pids[0], pids[3], pids[6]}) == 3
+        assert pids[0:3] == [pids[0]] * 3, process.stderr
+        assert pids[3:6] == [pids[3]] * 3, process.stderr
+        assert len({pids[0], pids[3], pids[6]}) == 3, process.stderr
 
 
 def test_gunicorn_serves_starlette_with_lifespan(tmp_path: Path) -> None:
