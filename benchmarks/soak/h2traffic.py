@@ -76,8 +76,10 @@ async def _one(client: Client, conn: H2Conn, rng: random.Random) -> str | None:
         stream = conn.request("GET", path, sink=digest.update, ticket=ledger.request("2", path))
         await conn.flush()
         await conn.response(stream)
-        if stream.status != 200 or stream.received != size or digest.hexdigest() != _sha(
-            size, seed
+        if (
+            stream.status != 200
+            or stream.received != size
+            or digest.hexdigest() != _sha(size, seed)
         ):
             return f"download: {stream.status}, {stream.received} of {size} bytes or a wrong hash"
     elif pick < 0.95:
@@ -175,7 +177,9 @@ async def h2_resets(client: Client, rng: random.Random) -> None:
                 # An upload the client abandons once the server has taken some of it.
                 size = 2 * MIB
                 path = _route(rng, "/upload")
-                stream = conn.request("POST", path, body_size=size, ticket=ledger.request("2", path))
+                stream = conn.request(
+                    "POST", path, body_size=size, ticket=ledger.request("2", path)
+                )
                 await conn.send_body(stream, rng.randbytes(256 * 1024), end=False, until=size)
                 await conn.wait_window_update(stream)
                 assert stream.ticket is not None

@@ -220,9 +220,7 @@ async def _soak(options: Options, targets: list[Target]) -> dict[str, Any]:
             **figures,
         },
         "verdicts": [verdict.to_json() for verdict in verdicts],
-        "samples": {
-            t.name: [s.to_json() for s in t.sampler.samples] for t in targets if t.sampler
-        },
+        "samples": {t.name: [s.to_json() for s in t.sampler.samples] for t in targets if t.sampler},
         "per_second": {str(k): v for k, v in sorted(tally.per_second.items())},
     }
 
@@ -246,7 +244,9 @@ def soak(options: Options) -> int:
     """Run the soak, write soak.json (and soak.png), print the verdicts; the exit status."""
     options.out.mkdir(parents=True, exist_ok=True)
     warm, load = options.phases()
-    parts = ["HTTP/1.1"] + (["HTTP/2"] if options.h2 else []) + (["WebSocket"] if options.ws else [])
+    parts = (
+        ["HTTP/1.1"] + (["HTTP/2"] if options.h2 else []) + (["WebSocket"] if options.ws else [])
+    )
     where = "a plain and a TLS server" if options.tls else "one plain server"
     workers = f", {options.workers} worker processes each" if options.workers else ""
     print(

@@ -106,9 +106,7 @@ def sample(pid: int, seconds: float, phase: str, tree: bool = False) -> Sample |
 class Sampler:
     """Samples `pid` (its tree with `tree`) every `interval` seconds, labelled with the phase."""
 
-    def __init__(
-        self, pid: int, started: float, interval: float = 1.0, tree: bool = False
-    ) -> None:
+    def __init__(self, pid: int, started: float, interval: float = 1.0, tree: bool = False) -> None:
         self.pid = pid
         self.started = started
         self.interval = interval

@@ -405,9 +405,7 @@ class Traffic:
                 rest = await conn.until_closed()
                 bound = self.head_timeout + SWEEP_SLACK
                 if head.status != 408 or rest or not self.head_timeout - 0.5 < waited < bound:
-                    self.bad(
-                        "half-open", f"{head.status} after {waited:.1f} s, then {rest[:40]!r}"
-                    )
+                    self.bad("half-open", f"{head.status} after {waited:.1f} s, then {rest[:40]!r}")
                     return
             else:
                 path = self._route(rng, "/hello")
@@ -417,9 +415,7 @@ class Traffic:
                 head, body = await self._response(conn, ticket)
                 rest = await conn.until_closed()
                 if head.status != 200 or body != HELLO or rest:
-                    self.bad(
-                        "half-open", f"half-closed: {head.status} {body[:40]!r} {rest[:40]!r}"
-                    )
+                    self.bad("half-open", f"half-closed: {head.status} {body[:40]!r} {rest[:40]!r}")
                     return
         finally:
             conn.close()

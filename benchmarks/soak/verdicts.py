@@ -155,9 +155,13 @@ def back_to_baseline(baseline: Sample, after: Sample | None, settle_seconds: flo
         f"it; threads {baseline.threads} before, {after.threads} after"
     )
     if len(baseline.by_pid()) > 1 or len(after.by_pid()) > 1:
+        now = after.by_pid()
+
+        def then(pid: int) -> str:
+            return f"{now[pid][0]} fds {now[pid][1]} threads" if pid in now else "gone"
+
         per = "; ".join(
-            f"{pid}: {fds} fds {threads} threads -> "
-            + ("gone" if pid not in after.by_pid() else "%d fds %d threads" % after.by_pid()[pid])
+            f"{pid}: {fds} fds {threads} threads -> {then(pid)}"
             for pid, (fds, threads) in baseline.by_pid().items()
         )
         new = sorted(set(after.by_pid()) - set(baseline.by_pid()))
@@ -242,7 +246,9 @@ def metrics_agree(
     versions = family(scrape, "dualgate_http_requests_total", "http_version")
     by_version = ledger.by_version()
     for version in sorted(set(versions) | set(by_version) | {"1.1"}):
-        check(f"HTTP/{version} requests", by_version.get(version, Range()), versions.get(version, 0))
+        check(
+            f"HTTP/{version} requests", by_version.get(version, Range()), versions.get(version, 0)
+        )
     requests = _requests(scrape)
     want = ledger.by_interface_and_class()
     for key in sorted(set(requests) | {k for k, r in want.items() if r.sure}):
@@ -250,14 +256,19 @@ def metrics_agree(
         what = "WebSocket sessions" if key == ("websocket", "1xx") else f"{interface} {klass}"
         check(what, want.get(key, Range()), requests.get(key, 0))
     if app is not None and "ws_opened" in app:
-        check("WebSocket sessions the app saw", Range(app["ws_opened"]), requests.get(("websocket", "1xx"), 0))
+        check(
+            "WebSocket sessions the app saw",
+            Range(app["ws_opened"]),
+            requests.get(("websocket", "1xx"), 0),
+        )
+    resets, goaways = "dualgate_http2_resets_total", "dualgate_http2_goaways_sent_total"
     h2_counts = {
         "HTTP/2 connections": ("dualgate_http2_connections_total", None, "h2_connections"),
-        "HTTP/2 streams reset by the client": ("dualgate_http2_resets_total", "client", "h2_resets_client"),
-        "HTTP/2 streams reset by the server": ("dualgate_http2_resets_total", "server", "h2_resets_server"),
-        "HTTP/2 GOAWAY no_error": ("dualgate_http2_goaways_sent_total", "no_error", "h2_goaways_no_error"),
-        "HTTP/2 GOAWAY error": ("dualgate_http2_goaways_sent_total", "error", "h2_goaways_error"),
-    }  # fmt: skip
+        "HTTP/2 streams reset by the client": (resets, "client", "h2_resets_client"),
+        "HTTP/2 streams reset by the server": (resets, "server", "h2_resets_server"),
+        "HTTP/2 GOAWAY no_error": (goaways, "no_error", "h2_goaways_no_error"),
+        "HTTP/2 GOAWAY error": (goaways, "error", "h2_goaways_error"),
+    }
     for what, (metric, value, figure) in h2_counts.items():
         if value is None:
             got = int(scrape.get((metric, ()), 0))
@@ -274,7 +285,9 @@ def metrics_agree(
     if not versions:
         mismatches.append("no dualgate_http_requests_total in /metrics")
     name = "the server's /metrics agree with the clients' counts"
-    head = ", ".join(checked[:2] + [c for c in checked if c.startswith(("WebSocket", "HTTP/2 streams"))])
+    head = ", ".join(
+        checked[:2] + [c for c in checked if c.startswith(("WebSocket", "HTTP/2 streams"))]
+    )
     detail = f"{len(checked)} figures checked ({head})"
     if mismatches:
         detail = f"{len(mismatches)} of {len(checked)} figures off: " + "; ".join(mismatches)
