@@ -265,10 +265,13 @@ def soak(options: Options) -> int:
     if options.plot:
         from benchmarks.soak.plot import plot
 
-        samples = [Sample(**s) for s in report["samples"]["plain"]]
+        series: dict[str, list[Sample]] = {
+            str(name): [Sample(**s) for s in samples] for name, samples in report["samples"].items()
+        }
         per_second = {int(k): v for k, v in report["per_second"].items()}
-        title = f"dualgate soak, {report['figures']['load_seconds']:.0f} s of load"
-        plot(samples, per_second, options.out / "soak.png", title)
+        workers = f", --workers {options.workers}" if options.workers else ""
+        title = f"dualgate soak, {report['figures']['load_seconds']:.0f} s of load{workers}"
+        plot(series, per_second, options.out / "soak.png", title)
     passed = all(v["passed"] for v in report["verdicts"])
     figures = report["figures"]
     print(
