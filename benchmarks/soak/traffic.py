@@ -209,7 +209,7 @@ class Traffic:
                     await operation(rng)
             except TimeoutError:
                 self.bad(kind, f"no answer within {OP_TIMEOUT:g} s")
-            except (BadAnswer, Cut, OSError, H2Error) as exc:
+            except (BadAnswer, Cut, OSError, H2Error, ValueError) as exc:  # ValueError: bad JSON
                 self.bad(kind, _why(exc))
 
     @staticmethod
