@@ -33,8 +33,9 @@ class Deadline(enum.Enum):
 
 
 class _Gone(asyncio.Transport):
-    """What a lost connection's transport is replaced with (FlowControl.connection_lost,
-    HTTPProtocol.connection_lost): it takes nothing and says it is closing.
+    """What a lost connection's transport is replaced with (FlowControl.connection_lost, the
+    HTTP/1.1, HTTP/2 and WebSocket protocols' connection_lost, and an HTTP/1.1 connection that
+    handed its transport on): it takes nothing and says it is closing.
 
     Letting go of the real one matters under TLS: asyncio's SSL protocol behind it keeps a
     256 KiB read buffer and its SSL objects, and a connection's own objects refer to each other
@@ -62,6 +63,12 @@ class _Gone(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         return 0
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        return None
 
 
 GONE: asyncio.Transport = _Gone()
