@@ -32,9 +32,9 @@ EACH = {
 }
 WS = "every WebSocket session ended"
 TLS = " (TLS server)"
-# The TLS server's RSS grows under clients that vanish (and under HTTP/2) by tens of MiB a
-# minute (benchmarks/README.md, the soak): the long soak's memory verdict says so; seconds of
-# load tell a trend from a warm-up step too poorly to hold these runs to it.
+# A TLS server's RSS climbs for its first minute (sessions, caches, the SSL buffers of
+# connections in flight): seconds of load tell that warm-up from a trend too poorly to hold
+# these runs to the long soak's step allowance; the rest of the verdicts hold as they are.
 TLS_STEP = ("--max-rss-step", "256")
 
 
