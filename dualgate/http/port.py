@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from dualgate.http.cycle import RequestCycle, Takeover, View
-from dualgate.http.flow import Deadline, FlowControl
+from dualgate.http.flow import GONE, Deadline, FlowControl
 from dualgate.http.phases import ConnectionPhase
 from dualgate.http.wire import DirectWire
 
@@ -134,6 +134,8 @@ class ConnectionPort:
             stream.data_received(leftover)
         if reader.eof and not stream.eof_received():
             transport.close()
+        self.transport = GONE  # the new protocol's now (flow.py says why it is not kept)
+        self.flow.connection_lost()
 
     def _to_http2(self, first: bytes) -> None:
         """Hand the connection to HTTP/2 (prior knowledge, or ALPN) as `upgrade` hands it to
@@ -143,3 +145,5 @@ class ConnectionPort:
         self.flow.disarm()
         self.state.connections.discard(self)
         self.state.http2.take_over(self.transport, first, self.view, self.believed)
+        self.transport = GONE  # HTTP/2's now (flow.py says why it is not kept)
+        self.flow.connection_lost()
