@@ -6,15 +6,18 @@ import random
 
 import pytest
 
+from benchmarks.soak.ledger import Ledger, Range, parse_metrics
 from benchmarks.soak.sampler import Sample
 from benchmarks.soak.verdicts import (
     back_to_baseline,
     graceful_stop,
     memory_trend,
+    metrics_agree,
     no_unexpected_errors,
     no_wrong_answers,
     streams_closed,
     theil_sen,
+    websockets_closed,
 )
 
 
@@ -99,3 +102,121 @@ def test_only_the_raising_routes_may_log_errors() -> None:
     other = log + "2026-12-01 [dualgate.error] ERROR Pool thread job failed\n"
     verdict = no_unexpected_errors(other)
     assert not verdict.passed and "Pool thread job failed" in verdict.detail
+
+
+def test_baseline_is_per_process_and_a_replaced_worker_fails_it() -> None:
+    base = Sample(
+        0, "quiet", 3000, 40, 40, 1.0, ((1, 1000, 8, 2), (2, 1000, 16, 19), (3, 1000, 16, 19))
+    )
+    # The same sums but one worker up and another down: still a leak in the one.
+    moved = Sample(
+        9, "settle", 3000, 40, 40, 2.0, ((1, 1000, 8, 2), (2, 1000, 17, 19), (3, 1000, 15, 19))
+    )
+    assert not back_to_baseline(base, moved, 9.0).passed
+    same = Sample(9, "settle", 3000, 40, 40, 2.0, base.per_process)
+    assert back_to_baseline(base, same, 1.0).passed
+    replaced = Sample(
+        9, "settle", 3000, 40, 40, 2.0, ((1, 1000, 8, 2), (2, 1000, 16, 19), (4, 1000, 16, 19))
+    )
+    verdict = back_to_baseline(base, replaced, 1.0)
+    assert not verdict.passed and "new processes [4]" in verdict.detail
+
+
+def test_every_websocket_session_must_end_in_the_app_and_some_must_be_dropped() -> None:
+    assert websockets_closed({"ws_opened": 5, "ws_closed": 5, "ws_lost": 2}).passed
+    assert not websockets_closed({"ws_opened": 5, "ws_closed": 4, "ws_lost": 2}).passed
+    assert not websockets_closed({"ws_opened": 5, "ws_closed": 5}).passed
+
+
+METRICS = """\
+# HELP dualgate_requests_total Requests answered.
+# TYPE dualgate_requests_total counter
+dualgate_requests_total{interface="asgi",status="2xx"} 2
+dualgate_requests_total{interface="websocket",status="1xx"} 1
+dualgate_requests_total{interface="wsgi",status="2xx"} 3
+dualgate_requests_total{interface="wsgi",status="5xx"} 1
+dualgate_requests_total{interface="wsgi",status="none"} 1
+dualgate_refusals_total{reason="malformed"} 1
+dualgate_refusals_total{reason="timeout"} 0
+dualgate_http_requests_total{http_version="1.1"} 5
+dualgate_http_requests_total{http_version="2"} 3
+dualgate_http2_connections_total 1
+dualgate_http2_resets_total{by="client"} 1
+dualgate_http2_resets_total{by="server"} 0
+dualgate_http2_goaways_sent_total{kind="graceful"} 0
+dualgate_http2_goaways_sent_total{kind="no_error"} 0
+dualgate_http2_goaways_sent_total{kind="error"} 0
+dualgate_workers{state="ready"} 2
+dualgate_worker_restarts_total{reason="crashed"} 0
+"""
+
+
+def ledger() -> Ledger:
+    """What the clients behind METRICS saw: every figure there within its range."""
+    book = Ledger()
+    for _ in range(3):
+        book.request("1.1", "/hello").answered(200)
+    book.request("1.1", "/raise").answered(500)
+    book.request("1.1", "/upload")  # a client that vanished: may or may not be counted
+    book.request("1.1", "/asgi/ws", "websocket").answered(101)
+    book.request("2", "/asgi/hello").answered(200)
+    book.request("2", "/asgi/download").answered(200)
+    book.request("2", "/upload").started()  # reset by the client after the server took some
+    book.sure("h2_connections")
+    book.sure("h2_resets_client")
+    book.sure("refusals_malformed")
+    return book
+
+
+def test_metrics_agree_when_every_figure_is_within_what_the_clients_know() -> None:
+    scrape = parse_metrics(METRICS)
+    verdict = metrics_agree(ledger(), scrape, workers=2, app={"ws_opened": 1})
+    assert verdict.passed, verdict.detail
+    assert "WebSocket sessions 1" in verdict.detail
+    # Above, the vanished upload was never read; had it been, it counts too (status none).
+    more = METRICS.replace('status="none"} 1', 'status="none"} 2').replace('"1.1"} 5', '"1.1"} 6')
+    assert metrics_agree(ledger(), parse_metrics(more), workers=2).passed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ('http_version="2"} 3', 'http_version="2"} 2', "HTTP/2 requests: server 2, clients 3"),
+        ('"1.1"} 5', '"1.1"} 7', "HTTP/1.1 requests: server 7, clients 5..6"),
+        ('"websocket",status="1xx"} 1', '"websocket",status="1xx"} 2', "WebSocket sessions"),
+        ('status="5xx"} 1', 'status="5xx"} 0', "wsgi 5xx: server 0, clients 1"),
+        ('by="client"} 1', 'by="client"} 0', "reset by the client: server 0, clients 1"),
+        ('by="server"} 0', 'by="server"} 1', "reset by the server: server 1, clients 0"),
+        ("connections_total 1", "connections_total 2", "HTTP/2 connections: server 2"),
+        ('kind="error"} 0', 'kind="error"} 1', "HTTP/2 GOAWAY error: server 1, clients 0"),
+        ('reason="timeout"} 0', 'reason="timeout"} 3', "refusals timeout: server 3, clients 0"),
+        ('state="ready"} 2', 'state="ready"} 1', "workers ready: server 1, clients 2"),
+        ('reason="crashed"} 0', 'reason="crashed"} 1', "worker restarts: server 1, clients 0"),
+    ],
+)
+def test_a_mismatch_against_metrics_fails_with_a_line_naming_it(
+    old: str, new: str, named: str
+) -> None:
+    assert old in METRICS
+    verdict = metrics_agree(ledger(), parse_metrics(METRICS.replace(old, new)), workers=2)
+    assert not verdict.passed
+    assert named in verdict.detail, verdict.detail
+
+
+def test_the_app_and_the_server_must_agree_on_websocket_sessions() -> None:
+    verdict = metrics_agree(ledger(), parse_metrics(METRICS), workers=2, app={"ws_opened": 2})
+    assert not verdict.passed and "WebSocket sessions the app saw: server 1" in verdict.detail
+
+
+def test_a_ticket_moves_from_unsure_to_started_to_answered_once() -> None:
+    book = Ledger()
+    ticket = book.request("2", "/asgi/upload")
+    assert book.by_version()["2"] == Range(0, 1)
+    ticket.started()
+    assert book.by_version()["2"] == Range(1, 0)
+    ticket.answered(404)
+    ticket.answered(200)  # counted once, with its first status
+    assert book.by_interface_and_class()[("asgi", "4xx")] == Range(1, 0)
+    assert book.by_interface_and_class()[("asgi", "2xx")] == Range(0, 0)
+    with pytest.raises(ValueError):
+        parse_metrics('dualgate_requests_total{a="b"}\n')

@@ -10,7 +10,10 @@ Routes (the ASGI app has the same under /asgi, but /counters and /raise-late):
     /raise                 raises before answering (the server answers 500)
     /raise-late            yields three chunks of a Content-Length body, then raises
     /slow?seconds=S        answers "slept S" after S seconds (the SIGTERM check)
-    /counters              the counters below, as JSON
+    /counters              the counters below and the process id, as JSON (one process's:
+                           under --workers the soak asks until it has every worker's)
+    /asgi/ws               a WebSocket echo: every message back as it came; the text "close"
+                           makes the app close (1000); counted opened, closed and lost
 
 Every streamed WSGI body is a `CountedStream`, whose close() the server must call however the
 response ends (PEP 3333): done, the client gone, or the application raising. The ASGI
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import threading
 import time
@@ -150,7 +154,7 @@ def application(environ: WSGIEnvironment, start_response: StartResponse) -> Iter
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [body]
     if path == "/counters":
-        body = json.dumps(counters.snapshot()).encode()
+        body = json.dumps({**counters.snapshot(), "pid": os.getpid()}).encode()
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
     start_response("404 Not Found", [("Content-Type", "text/plain")])
@@ -181,6 +185,30 @@ async def _answer(send: Send, status: int, body: bytes, kind: bytes = b"text/pla
     await send({"type": "http.response.body", "body": body})
 
 
+async def _echo(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The WebSocket echo (module docstring); every session accepted is counted closed in the
+    `finally`, and "lost" when the client went without a close frame of its own."""
+    message = await receive()  # websocket.connect
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    counters.add("ws_opened")
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                if message.get("code", 1005) not in (1000, 1001):
+                    counters.add("ws_lost")
+                return
+            if message.get("text") == "close":
+                await send({"type": "websocket.close", "code": 1000})
+                return
+            message["type"] = "websocket.send"
+            await send(message)
+    finally:
+        counters.add("ws_closed")
+
+
 async def asgi_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         while True:
@@ -188,6 +216,9 @@ async def asgi_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
+    if scope["type"] == "websocket":
+        await _echo(scope, receive, send)
+        return
     if scope["type"] != "http":
         return
     counters.add("asgi_requests")

@@ -1,9 +1,11 @@
-"""python -m benchmarks.soak [--minutes M] [--out DIR] [--no-plot] ...
+"""python -m benchmarks.soak [--minutes M] [--workers N] [--no-h2] [--no-tls] [--no-ws] ...
 
-Runs a dualgate it starts under mixed traffic for a bounded time (benchmarks/soak/traffic.py),
-samples its RSS, descriptors and threads every second, then prints one verdict per check
-(benchmarks/soak/verdicts.py) and writes soak.json and soak.png. Exit status: 0 when every
-check passes, 1 when one fails, 2 when the soak could not run.
+Runs dualgate servers it starts (a plain one, and one under TLS) under mixed HTTP/1.1, HTTP/2
+and WebSocket traffic for a bounded time (benchmarks/soak/traffic.py), samples their RSS,
+descriptors and threads every second, checks their /metrics against what its clients counted,
+then prints one verdict per check (benchmarks/soak/verdicts.py) and writes soak.json and
+soak.png. Exit status: 0 when every check passes, 1 when one fails, 2 when the soak could not
+run.
 """
 
 from __future__ import annotations
@@ -41,7 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server-arg", action="append", default=[], help="one more dualgate flag (repeatable)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run each server as a supervisor with N worker processes (default: one process)",
+    )
+    parser.add_argument("--no-h2", action="store_true", help="no HTTP/2 traffic (--http2 off)")
+    parser.add_argument("--no-tls", action="store_true", help="no TLS server (no trustme needed)")
+    parser.add_argument("--no-ws", action="store_true", help="no WebSocket sessions")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error("--workers must be 0 (one process) or more")
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
@@ -61,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         max_slope=args.max_rss_slope,
         max_step=args.max_rss_step,
         server_args=tuple(args.server_arg),
+        h2=not args.no_h2,
+        tls=not args.no_tls,
+        ws=not args.no_ws,
+        workers=args.workers,
     )
     try:
         return soak(options)

@@ -1,11 +1,12 @@
-"""The soak's chart: RSS, open descriptors and answers per second over time, one PNG.
+"""The soak's chart: RSS, open descriptors and answers per second over time, one PNG; a line
+for each server (plain, TLS), its processes added up.
 
 matplotlib is in the bench extra only, so it is imported when a chart is asked for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from benchmarks.soak.sampler import Sample
@@ -21,7 +22,12 @@ PHASE_COLOURS = {
 }
 
 
-def plot(samples: Sequence[Sample], per_second: dict[int, int], path: Path, title: str) -> None:
+COLOURS = {"plain": ("#1f77b4", "#d62728"), "tls": ("#9467bd", "#ff7f0e")}
+
+
+def plot(
+    series: Mapping[str, Sequence[Sample]], per_second: dict[int, int], path: Path, title: str
+) -> None:
     try:
         import matplotlib
 
@@ -29,14 +35,19 @@ def plot(samples: Sequence[Sample], per_second: dict[int, int], path: Path, titl
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError("the chart needs matplotlib: pip install '.[bench]'") from exc
-    times = [s.seconds for s in samples]
     figure, (rss, fds, rate) = plt.subplots(3, 1, figsize=(8, 6.5), sharex=True)
-    rss.plot(times, [s.rss_kib / 1024 for s in samples], color="#1f77b4")
+    for name, samples in series.items():
+        times = [s.seconds for s in samples]
+        memory, descriptors = COLOURS.get(name, ("#1f77b4", "#d62728"))
+        rss.plot(times, [s.rss_kib / 1024 for s in samples], color=memory, label=name)
+        fds.plot(times, [s.fds for s in samples], color=descriptors, label=f"{name} descriptors")
+        fds.plot(times, [s.threads for s in samples], color="#7f7f7f", linestyle=":",
+                 label=f"{name} threads")  # fmt: skip
     rss.set_ylabel("RSS (MiB)")
-    fds.plot(times, [s.fds for s in samples], color="#d62728", label="descriptors")
-    fds.plot(times, [s.threads for s in samples], color="#7f7f7f", label="threads")
+    rss.legend(loc="upper left", fontsize="small")
     fds.set_ylabel("count")
-    fds.legend(loc="upper right", fontsize="small")
+    fds.legend(loc="upper right", fontsize="x-small")
+    samples = next(iter(series.values()))
     seconds = sorted(per_second)
     rate.plot(seconds, [per_second[s] for s in seconds], color="#2ca02c", drawstyle="steps-post")
     rate.set_ylabel("answers/s")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from benchmarks.soak.ledger import Ledger, Range, Scrape, family
 from benchmarks.soak.sampler import Sample
 
 __all__ = [
@@ -25,10 +26,12 @@ __all__ = [
     "back_to_baseline",
     "graceful_stop",
     "memory_trend",
+    "metrics_agree",
     "no_unexpected_errors",
     "no_wrong_answers",
     "streams_closed",
     "theil_sen",
+    "websockets_closed",
 ]
 
 MAX_PAIRS_POINTS = 600
@@ -131,16 +134,38 @@ def streams_closed(counters: dict[str, int]) -> Verdict:
     return Verdict("every dropped stream closed", passed, detail, dict(counters))
 
 
+def at_baseline(baseline: Sample, now: Sample) -> bool:
+    """Every process of the baseline still there, none with more descriptors or threads."""
+    before, after = baseline.by_pid(), now.by_pid()
+    return set(before) == set(after) and all(
+        after[pid][0] <= fds and after[pid][1] <= threads for pid, (fds, threads) in before.items()
+    )
+
+
 def back_to_baseline(baseline: Sample, after: Sample | None, settle_seconds: float) -> Verdict:
-    """Descriptors and threads back to what they were before the load, once it has stopped."""
+    """Descriptors and threads back to what they were before the load, once it has stopped,
+    process by process (under --workers: the supervisor and each worker; a worker replaced
+    meanwhile fails it)."""
     name = "descriptors and threads back to baseline"
     if after is None:
         return Verdict(name, False, "the server was gone before the check")
-    passed = after.fds <= baseline.fds and after.threads <= baseline.threads
+    passed = at_baseline(baseline, after)
     detail = (
         f"descriptors {baseline.fds} before the load, {after.fds} {settle_seconds:.1f} s after "
         f"it; threads {baseline.threads} before, {after.threads} after"
     )
+    if len(baseline.by_pid()) > 1 or len(after.by_pid()) > 1:
+        now = after.by_pid()
+
+        def then(pid: int) -> str:
+            return f"{now[pid][0]} fds {now[pid][1]} threads" if pid in now else "gone"
+
+        per = "; ".join(
+            f"{pid}: {fds} fds {threads} threads -> {then(pid)}"
+            for pid, (fds, threads) in baseline.by_pid().items()
+        )
+        new = sorted(set(after.by_pid()) - set(baseline.by_pid()))
+        detail += f" (per process {per}{f'; new processes {new}' if new else ''})"
     figures = {
         "fds_baseline": baseline.fds,
         "fds_after": after.fds,
@@ -181,3 +206,90 @@ def no_unexpected_errors(log: str) -> Verdict:
         detail += ": " + " | ".join(line[-160:] for line in unexpected[:3])
     figures = {"errors": len(errors), "unexpected": unexpected[:20]}
     return Verdict("no unexpected server errors", not unexpected, detail, figures)
+
+
+def websockets_closed(counters: dict[str, int]) -> Verdict:
+    """Every WebSocket session the app accepted ended in its `finally`, some without a close."""
+    opened, closed = counters.get("ws_opened", 0), counters.get("ws_closed", 0)
+    lost = counters.get("ws_lost", 0)
+    passed = opened == closed and opened > 0 and lost > 0
+    detail = f"{opened} sessions accepted, {closed} ended in the app ({lost} without a close)"
+    if not lost:
+        detail += "; no session was dropped, so nothing was tested there"
+    return Verdict("every WebSocket session ended", passed, detail, dict(counters))
+
+
+def _requests(scrape: Scrape) -> dict[tuple[str, str], int]:
+    return {
+        (dict(labels).get("interface", ""), dict(labels).get("status", "")): int(value)
+        for (metric, labels), value in scrape.items()
+        if metric == "dualgate_requests_total"
+    }
+
+
+def metrics_agree(
+    ledger: Ledger, scrape: Scrape, workers: int = 0, app: dict[str, int] | None = None
+) -> Verdict:
+    """The server's /metrics against the clients' ledger (ledger.py): requests by HTTP version
+    and by interface and status class (WebSocket sessions are the 101s of "websocket"),
+    HTTP/2 connections, resets by who sent them and GOAWAYs, refusals by reason; under
+    --workers, every worker ready and none restarted. Each figure must lie in the range the
+    clients know; any that does not is a mismatch, named."""
+    checked: list[str] = []
+    mismatches: list[str] = []
+
+    def check(what: str, want: Range, got: int) -> None:
+        checked.append(f"{what} {got}")
+        if not want.holds(got):
+            mismatches.append(f"{what}: server {got}, clients {want}")
+
+    versions = family(scrape, "dualgate_http_requests_total", "http_version")
+    by_version = ledger.by_version()
+    for version in sorted(set(versions) | set(by_version) | {"1.1"}):
+        check(
+            f"HTTP/{version} requests", by_version.get(version, Range()), versions.get(version, 0)
+        )
+    requests = _requests(scrape)
+    want = ledger.by_interface_and_class()
+    for key in sorted(set(requests) | {k for k, r in want.items() if r.sure}):
+        interface, klass = key
+        what = "WebSocket sessions" if key == ("websocket", "1xx") else f"{interface} {klass}"
+        check(what, want.get(key, Range()), requests.get(key, 0))
+    if app is not None and "ws_opened" in app:
+        check(
+            "WebSocket sessions the app saw",
+            Range(app["ws_opened"]),
+            requests.get(("websocket", "1xx"), 0),
+        )
+    resets, goaways = "dualgate_http2_resets_total", "dualgate_http2_goaways_sent_total"
+    h2_counts = {
+        "HTTP/2 connections": ("dualgate_http2_connections_total", None, "h2_connections"),
+        "HTTP/2 streams reset by the client": (resets, "client", "h2_resets_client"),
+        "HTTP/2 streams reset by the server": (resets, "server", "h2_resets_server"),
+        "HTTP/2 GOAWAY no_error": (goaways, "no_error", "h2_goaways_no_error"),
+        "HTTP/2 GOAWAY error": (goaways, "error", "h2_goaways_error"),
+    }
+    for what, (metric, value, figure) in h2_counts.items():
+        if value is None:
+            got = int(scrape.get((metric, ()), 0))
+        else:
+            got = family(scrape, metric, "by" if "resets" in metric else "kind").get(value, 0)
+        check(what, ledger.figure(figure), got)
+    for reason, got in sorted(family(scrape, "dualgate_refusals_total", "reason").items()):
+        check(f"refusals {reason}", ledger.figure(f"refusals_{reason}"), got)
+    if workers:
+        ready = family(scrape, "dualgate_workers", "state").get("ready", 0)
+        check("workers ready", Range(workers), ready)
+        restarts = sum(family(scrape, "dualgate_worker_restarts_total", "reason").values())
+        check("worker restarts", Range(0), restarts)
+    if not versions:
+        mismatches.append("no dualgate_http_requests_total in /metrics")
+    name = "the server's /metrics agree with the clients' counts"
+    head = ", ".join(
+        checked[:2] + [c for c in checked if c.startswith(("WebSocket", "HTTP/2 streams"))]
+    )
+    detail = f"{len(checked)} figures checked ({head})"
+    if mismatches:
+        detail = f"{len(mismatches)} of {len(checked)} figures off: " + "; ".join(mismatches)
+    figures = {"ledger": ledger.to_json(), "checked": checked, "mismatches": mismatches}
+    return Verdict(name, not mismatches, detail, figures)

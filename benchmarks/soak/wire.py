@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
-__all__ = ["LOOPBACK", "BadAnswer", "Conn", "Cut", "Head"]
+__all__ = ["LOOPBACK", "BadAnswer", "Conn", "Cut", "Endpoint", "Head"]
 
 LOOPBACK = "127.0.0.1"
 READ = 65536
@@ -32,6 +34,25 @@ class Cut(Exception):
         self.started = started  # some response bytes had arrived
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """One server under soak: its port, and under TLS the client's contexts (they trust the
+    soak's own CA), one offering HTTP/1.1 by ALPN and one offering h2."""
+
+    name: str  # "plain" or "tls"
+    port: int
+    h1_tls: ssl.SSLContext | None = None
+    h2_tls: ssl.SSLContext | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.h1_tls is not None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
 class Head(NamedTuple):
     status: int
     headers: dict[str, str]  # names lower-cased; a repeated name keeps its last value
@@ -44,7 +65,9 @@ class Conn:
         self.used = False  # a response came back on it already (keep-alive reuse)
 
     @classmethod
-    async def open(cls, port: int, receive_buffer: int = 0) -> Conn:
+    async def open(cls, endpoint: Endpoint, receive_buffer: int = 0, h2: bool = False) -> Conn:
+        """A connection to `endpoint`; under TLS the handshake is done (ALPN h2 with `h2`)."""
+        context = endpoint.h2_tls if h2 else endpoint.h1_tls
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -52,8 +75,13 @@ class Conn:
             # Before connecting, so the window the server sees is small from the start.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port))
-            reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEAD * 2)
+            await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, endpoint.port))
+            reader, writer = await asyncio.open_connection(
+                sock=sock,
+                limit=MAX_HEAD * 2,
+                ssl=context,
+                server_hostname="localhost" if context is not None else None,
+            )
         except BaseException:
             sock.close()
             raise
@@ -63,8 +91,18 @@ class Conn:
         self.writer.write(data)
         await self.writer.drain()
 
-    def half_close(self) -> None:
+    @property
+    def alpn(self) -> str | None:
+        """The protocol ALPN chose under TLS (None on a plain connection)."""
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        return None if ssl_object is None else ssl_object.selected_alpn_protocol()
+
+    def half_close(self) -> bool:
+        """Send EOF, where the transport can (TLS cannot: asyncio has no half-close there)."""
+        if not self.writer.can_write_eof():
+            return False
         self.writer.write_eof()
+        return True
 
     def close(self, reset: bool = False) -> None:
         """Close; `reset` sends an RST (SO_LINGER 0), as a client that crashes does."""

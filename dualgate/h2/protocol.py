@@ -34,6 +34,7 @@ from dualgate.h2.core import H2Core
 from dualgate.h2.phases import Phase
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import INTERNAL_ERROR, Stream
+from dualgate.http.flow import GONE
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
 from dualgate.metrics.counters import Metrics
@@ -114,6 +115,7 @@ class H2Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.core.lost()
         self._release()
+        self.transport = GONE  # not kept in this connection's cycles (http/flow.py says why)
 
     def pause_writing(self) -> None:
         self.core.writing_paused = True

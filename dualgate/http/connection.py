@@ -28,7 +28,7 @@ from dualgate.h2.preface import Sniffed, negotiated, sniff
 from dualgate.http.buffer import read_buffer
 from dualgate.http.checks import Refusal
 from dualgate.http.cycle import RequestCycle, View
-from dualgate.http.flow import Deadline, FlowControl
+from dualgate.http.flow import GONE, Deadline, FlowControl
 from dualgate.http.framing import refusal_response
 from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, ConnectionPhase
@@ -134,6 +134,7 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
         self.flow.connection_lost()
         if self.cycle is not None:
             self.cycle.lose()
+        self.transport = GONE  # the real one (under TLS, its buffers) is not kept: flow.py
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""

@@ -13,7 +13,7 @@ import enum
 import functools
 from collections.abc import Callable
 
-__all__ = ["Deadline", "FlowControl", "resolve"]
+__all__ = ["GONE", "Deadline", "FlowControl", "resolve"]
 
 
 def resolve(future: asyncio.Future[None]) -> None:
@@ -30,6 +30,48 @@ class Deadline(enum.Enum):
     HEAD = "head"  # the rest of a request head
     BODY = "body"  # more request body bytes
     WRITE = "write"  # the client to take response bytes
+
+
+class _Gone(asyncio.Transport):
+    """What a lost connection's transport is replaced with (FlowControl.connection_lost, the
+    HTTP/1.1, HTTP/2 and WebSocket protocols' connection_lost, and an HTTP/1.1 connection that
+    handed its transport on): it takes nothing and says it is closing.
+
+    Letting go of the real one matters under TLS: asyncio's SSL protocol behind it keeps a
+    256 KiB read buffer and its SSL objects, and a connection's own objects refer to each other
+    (the protocol, its flow control, its cycle), so whatever they still held was freed only by
+    the cyclic GC's next full collection: hundreds of MiB of RSS under TLS clients that come and
+    go, between collections (the soak found it, benchmarks/README.md)."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        return None
+
+
+GONE: asyncio.Transport = _Gone()
 
 
 class FlowControl:
@@ -135,7 +177,9 @@ class FlowControl:
             waiter()
 
     def connection_lost(self) -> None:
-        """Nothing will be written any more: release everything waiting to write."""
+        """Nothing will be written any more: release everything waiting to write, and the
+        transport (GONE stands in)."""
+        self._transport = GONE
         self.writing_paused = False
         if self._write_timer is not None:
             self._write_timer.cancel()

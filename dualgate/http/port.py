@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from dualgate.http.cycle import RequestCycle, Takeover, View
-from dualgate.http.flow import Deadline, FlowControl
+from dualgate.http.flow import GONE, Deadline, FlowControl
 from dualgate.http.framing import ResponseHead, build_head
 from dualgate.http.grammar import REASONS, Headers
 from dualgate.http.phases import ConnectionPhase
@@ -150,6 +150,8 @@ class ConnectionPort:
             stream.data_received(leftover)
         if reader.eof and not stream.eof_received():
             transport.close()
+        self.transport = GONE  # the new protocol's now (flow.py says why it is not kept)
+        self.flow.connection_lost()
 
     def _to_http2(self, first: bytes) -> None:
         """Hand the connection to HTTP/2 (prior knowledge, or ALPN) as `upgrade` hands it to
@@ -159,3 +161,5 @@ class ConnectionPort:
         self.flow.disarm()
         self.state.connections.discard(self)
         self.state.http2.take_over(self.transport, first, self.view, self.believed)
+        self.transport = GONE  # HTTP/2's now (flow.py says why it is not kept)
+        self.flow.connection_lost()

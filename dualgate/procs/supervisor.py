@@ -171,8 +171,10 @@ class Supervisor:
     def _announce(self) -> None:
         assert self._listeners is not None
         listeners = self._listeners
-        where = [describe_address(sock.getsockname()) for sock in listeners.shared]
-        where += [describe_address(address) for _family, address in listeners.reuse_port]
+        # The workers serve TLS themselves; the supervisor names the scheme they will answer in.
+        scheme = "https" if self.config.ssl_certfile is not None else "http"
+        where = [describe_address(sock.getsockname(), scheme) for sock in listeners.shared]
+        where += [describe_address(addr, scheme) for _family, addr in listeners.reuse_port]
         mode = " (SO_REUSEPORT: one socket per worker)" if listeners.reuse_port else ""
         for address in where:
             error_logger.info(

@@ -31,7 +31,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 
 from dualgate.http.buffer import read_buffer
-from dualgate.http.flow import FlowControl
+from dualgate.http.flow import GONE, FlowControl
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
 from dualgate.ws.answer import Answer
@@ -160,6 +160,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._deadline = self._ping_timer = self._pong_timer = None
         self._session.disconnected(1006, "")
         self._flow.connection_lost()
+        self._transport = GONE  # not kept in this connection's cycles (http/flow.py says why)
         self._unregister_when_done()
 
     def pause_writing(self) -> None:

@@ -121,6 +121,8 @@ def test_two_workers_serve_http2_and_sigterm_lets_a_held_stream_finish(
     args = ("h2apps:view_wsgi", "--port", "0", "--workers", "2", "--threads", "1", "--http2", "on")
     with supervised(tmp_path, *args, *tls_flags(used)) as server:
         port = server.port()
+        # The supervisor's line names the scheme its workers answer in.
+        server.wait_for(rf"Supervisor \d+ listening on {scheme}://127\.0\.0\.1:{port}")
         server.wait_for("2 worker\\(s\\) ready")
         workers = server.children()
         assert len(workers) == 2
