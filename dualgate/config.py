@@ -105,6 +105,18 @@ def _setting_from(
     return field(default_factory=factory, metadata={**metadata, **extra})
 
 
+def _seconds(default: float, help: str, *, zero: bool = False) -> Any:
+    """A duration: seconds (its help is said after "seconds"), more than 0, or with `zero` 0
+    too (where 0 means more than "at once", its help says what)."""
+    return _setting(default, "seconds " + help, check=_non_negative if zero else _positive)
+
+
+def _count(default: int | None, help: str) -> Any:
+    """A number of things (bytes, connections, requests, fields): a whole number above 0, or
+    None where the default is none (its help says what none means)."""
+    return _setting(default, help, check=_positive)
+
+
 def _positive(name: str, value: float | None) -> None:
     if value is not None and value <= 0:
         raise ConfigError(f"{name} must be greater than 0, got {value}")
@@ -223,7 +235,7 @@ class Config:
     )
     uds: str | None = _setting(None, "bind a unix domain socket at this path instead of host/port")
     fd: int | None = _setting(None, "serve on this already-listening inherited socket descriptor")
-    backlog: int = _setting(2048, "listen backlog of the server socket", check=_positive)
+    backlog: int = _count(2048, "listen backlog of the server socket")
 
     _section("app")
     interface: Interface = _setting(
@@ -240,49 +252,40 @@ class Config:
     root_path: str = _setting("", "path prefix the app is mounted under (SCRIPT_NAME / root_path)")
     lifespan: Lifespan = _setting("auto", "ASGI lifespan protocol: auto, on or off")
     loop: LoopName = _setting("auto", "event loop: uvloop when installed (auto), or asyncio")
-    threads: int = _setting(16, "pool threads running WSGI applications", check=_positive)
+    threads: int = _count(16, "pool threads running WSGI applications")
 
     _section("http")
-    limit_concurrency: int = _setting(
+    limit_concurrency: int = _count(
         1000,
         "most open connections; beyond it a new connection's first request gets 503 and a close",
-        check=_positive,
     )
-    timeout_keep_alive: float = _setting(
-        5.0, "seconds an idle keep-alive connection is kept open", check=_positive
+    timeout_keep_alive: float = _seconds(5.0, "an idle keep-alive connection is kept open")
+    timeout_request_head: float = _seconds(
+        10.0, "a client has to send a whole request head once it starts"
     )
-    timeout_request_head: float = _setting(
-        10.0, "seconds a client has to send a whole request head once it starts", check=_positive
+    timeout_read: float = _seconds(60.0, "a request body may stall with no bytes arriving")
+    timeout_write: float = _seconds(60.0, "a response may stall with a client that takes no bytes")
+    timeout_worker: float = _seconds(
+        10.0, "a request waits for a free pool thread before a 503", zero=True
     )
-    timeout_read: float = _setting(
-        60.0, "seconds a request body may stall with no bytes arriving", check=_positive
+    timeout_graceful_shutdown: float = _seconds(
+        30.0, "in-flight requests get to finish on shutdown", zero=True
     )
-    timeout_write: float = _setting(
-        60.0, "seconds a response may stall with a client that takes no bytes", check=_positive
+    max_head_size: int = _count(
+        65536, "largest request line plus headers in bytes; larger gets 431"
     )
-    timeout_worker: float = _setting(
-        10.0, "seconds a request waits for a free pool thread before a 503", check=_non_negative
-    )
-    timeout_graceful_shutdown: float = _setting(
-        30.0, "seconds in-flight requests get to finish on shutdown", check=_non_negative
-    )
-    max_head_size: int = _setting(
-        65536, "largest request line plus headers in bytes; larger gets 431", check=_positive
-    )
-    max_header_fields: int = _setting(
+    max_header_fields: int = _count(
         100,
         "most header fields in a request head (and trailer fields in a chunked body); more "
         "gets 431",
-        check=_positive,
     )
-    max_body_size: int | None = _setting(
-        None, "largest request body in bytes; larger gets 413 (default: no limit)", check=_positive
+    max_body_size: int | None = _count(
+        None, "largest request body in bytes; larger gets 413 (default: no limit)"
     )
-    body_buffer_size: int = _setting(
+    body_buffer_size: int = _count(
         262144,
         "request body bytes buffered before the socket is paused (and response bytes queued "
         "before a worker waits)",
-        check=_positive,
     )
     http: HTTPParser = _setting(
         "auto",
@@ -328,11 +331,10 @@ class Config:
 
     # Supervisor and workers, restarts, reload (procs/supervisor.py, procs/reload.py).
     _section("processes")
-    workers: int | None = _setting(
+    workers: int | None = _count(
         None,
         "serve from this many worker processes under a supervisor (default: one process, "
         "no supervisor)",
-        check=_positive,
     )
     reuse_port: bool = _setting(
         False, "with --workers: each worker binds its own SO_REUSEPORT socket (TCP only)"
@@ -340,14 +342,13 @@ class Config:
     start_method: StartMethod = _setting(
         "fork", "how worker processes start: fork (fast) or spawn (a fresh interpreter)"
     )
-    timeout_worker_healthcheck: float = _setting(
+    timeout_worker_healthcheck: float = _seconds(
         60.0,
-        "seconds a worker may take to start, or its event loop may go without a heartbeat, "
+        "a worker may take to start, or its event loop may go without a heartbeat, "
         "before the supervisor replaces it",
-        check=_positive,
     )
-    limit_max_requests: int | None = _setting(
-        None, "a worker is replaced after serving this many requests", check=_positive
+    limit_max_requests: int | None = _count(
+        None, "a worker is replaced after serving this many requests"
     )
     limit_max_requests_jitter: int = _setting(
         0,
@@ -388,11 +389,10 @@ class Config:
         shown=f"$FORWARDED_ALLOW_IPS, else {DEFAULT_FORWARDED_ALLOW_IPS}",
         check=_trust_list,
     )
-    forwarded_trust_hops: int | None = _setting(
+    forwarded_trust_hops: int | None = _count(
         None,
         "take the client from exactly this many entries from the right of X-Forwarded-For "
         "(or Forwarded), for a fixed chain of proxies, instead of the rightmost untrusted one",
-        check=_positive,
     )
     proxy_protocol: bool = _setting(
         False,
@@ -424,37 +424,31 @@ class Config:
         "auto",
         "WebSockets for ASGI apps: auto (when wsproto is installed), wsproto (required), none",
     )
-    ws_max_size: int = _setting(
-        16 * 1024 * 1024,
-        "largest incoming WebSocket message in bytes; larger closes with 1009",
-        check=_positive,
+    ws_max_size: int = _count(
+        16 * 1024 * 1024, "largest incoming WebSocket message in bytes; larger closes with 1009"
     )
-    ws_max_queue: int = _setting(
-        32,
-        "incoming WebSocket messages queued for the application before reading pauses",
-        check=_positive,
+    ws_max_queue: int = _count(
+        32, "incoming WebSocket messages queued for the application before reading pauses"
     )
-    ws_ping_interval: float = _setting(
-        20.0, "seconds between the server's WebSocket pings; 0 sends none", check=_non_negative
+    ws_ping_interval: float = _seconds(
+        20.0, "between the server's WebSocket pings; 0 sends none", zero=True
     )
-    ws_ping_timeout: float = _setting(
+    ws_ping_timeout: float = _seconds(
         20.0,
-        "seconds a WebSocket peer has to answer a ping before it is closed; 0 waits forever",
-        check=_non_negative,
+        "a WebSocket peer has to answer a ping before it is closed; 0 waits forever",
+        zero=True,
     )
     ws_per_message_deflate: bool = _setting(
         True, "accept permessage-deflate compression (RFC 7692) when a client offers it"
     )
-    ws_handshake_timeout: float = _setting(
+    ws_handshake_timeout: float = _seconds(
         10.0,
-        "seconds an application has to accept or deny a WebSocket, and a peer to answer "
+        "an application has to accept or deny a WebSocket, and a peer to answer "
         "the server's Close frame",
-        check=_positive,
     )
-    ws_write_timeout: float = _setting(
+    ws_write_timeout: float = _seconds(
         60.0,
-        "seconds a WebSocket may stall with a peer that takes no bytes before it is dropped",
-        check=_positive,
+        "a WebSocket may stall with a peer that takes no bytes before it is dropped",
     )
 
     # metrics/; README "Metrics" and "Health" list every figure and say what each costs.
@@ -487,17 +481,15 @@ class Config:
         "HTTP/2: auto (when h2 is installed), on (h2 required), off; by prior knowledge on a "
         "plain port (next to HTTP/1.1) and by ALPN under TLS",
     )
-    h2_max_concurrent_streams: int = _setting(
+    h2_max_concurrent_streams: int = _count(
         100,
         "most HTTP/2 streams open at once per connection (a reset one counts until its "
         "handler has finished)",
-        check=_positive,
     )
-    h2_max_header_list_size: int | None = _setting(
+    h2_max_header_list_size: int | None = _count(
         None,
         "largest HTTP/2 request header list: larger gets 431, twice as large closes the "
         "connection (default: --max-head-size)",
-        check=_positive,
     )
     h2_initial_window_size: int = _setting(
         65535, "HTTP/2 receive window of each stream (request body bytes)", check=check_window
@@ -505,17 +497,15 @@ class Config:
     h2_max_frame_size: int = _setting(
         16384, "largest HTTP/2 frame payload a client may send", check=check_frame_size
     )
-    h2_max_resets_per_second: int = _setting(
+    h2_max_resets_per_second: int = _count(
         50,
         "HTTP/2 stream resets per second a connection may cause, after a burst of twice "
         "--h2-max-concurrent-streams; more closes it with ENHANCE_YOUR_CALM",
-        check=_positive,
     )
-    h2_max_control_frames_per_second: int = _setting(
+    h2_max_control_frames_per_second: int = _count(
         100,
         "HTTP/2 frames per second that carry no request, after a burst of twice as many; "
         "more closes the connection with ENHANCE_YOUR_CALM",
-        check=_positive,
     )
 
     def __post_init__(self) -> None:

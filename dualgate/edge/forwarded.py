@@ -7,10 +7,10 @@ Per connection (once, cached per peer address, so an untrusted peer costs one di
     trust = ProxyTrust.from_config(config)        # once per server
     believed = trust.believes_headers_from(peer)  # peer: host string, or None / "unix"
 
-Per request, only when `believed` (`resolve` asks the trust question itself; `forwarded` is
-the same without it, for a connection that asked once)::
+Per request, only when `believed` (`resolve` asks the trust question itself unless it is told
+the connection asked once already)::
 
-    view = trust.forwarded(client, headers, scheme, server)
+    view = trust.resolve(client, headers, scheme, server, believed=True)
     if view is not None:  # None: nothing forwarded that changes anything; keep the connection's
         client, scheme, server = view.client, view.scheme, view.server
         if view.host is not None: ...  # the Host header (HTTP_HOST) becomes view.host
@@ -202,21 +202,16 @@ class ProxyTrust:
         headers: HeaderPairs,
         scheme: str,
         server: Server | None,
+        *,
+        believed: bool = False,
     ) -> ForwardedView | None:
-        """The request as the application must see it, or None when nothing changes."""
-        if not self.believes_headers_from(client[0] if client is not None else None):
-            return None
-        return self.forwarded(client, headers, scheme, server)
-
-    def forwarded(
-        self,
-        client: Client | None,
-        headers: HeaderPairs,
-        scheme: str,
-        server: Server | None,
-    ) -> ForwardedView | None:
-        """`resolve` for a connection already known to be believed (asked once per connection):
+        """The request as the application must see it, or None when nothing changes.
+        `believed`: the connection is known to be believed (asked once per connection), so
         only the headers are read."""
+        if not believed and not self.believes_headers_from(
+            client[0] if client is not None else None
+        ):
+            return None
         found: dict[bytes, list[str]] | None = None
         for name, value in headers:
             if name in _NAMES:

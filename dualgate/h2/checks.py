@@ -73,38 +73,20 @@ class Answer(NamedTuple):
     kind: str
 
 
-class RequestHead:
+class RequestHead(NamedTuple):
     """One HTTP/2 request head, checked; read-only once made."""
 
-    __slots__ = (
-        "authority",
-        "content_length",
-        "expects_continue",
-        "headers",
-        "method",
-        "scheme",
-        "target",
-    )
+    method: bytes
+    target: bytes
+    scheme: bytes
+    authority: bytes
+    headers: Headers
+    content_length: int | None
+    expects_continue: bool
 
-    http_version = b"2"
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        scheme: bytes,
-        authority: bytes,
-        headers: Headers,
-        content_length: int | None,
-        expects_continue: bool,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.scheme = scheme
-        self.authority = authority
-        self.headers = headers
-        self.content_length = content_length
-        self.expects_continue = expects_continue
+    @property
+    def http_version(self) -> bytes:
+        return b"2"
 
     def __repr__(self) -> str:
         return f"<RequestHead {self.method!r} {self.scheme!r}://{self.authority!r}{self.target!r}>"

@@ -164,10 +164,6 @@ class StreamCyclePort:
     # -- the response ---------------------------------------------------------------------
 
     @property
-    def closing(self) -> bool:
-        return self._server.state.shutting_down
-
-    @property
     def writing_paused(self) -> bool:
         return self._stream.writing_paused
 
@@ -179,30 +175,19 @@ class StreamCyclePort:
         raise AssertionError("an HTTP/2 stream never lends its wire")
 
     def frame_head(
-        self,
-        status: int,
-        reason: bytes,
-        headers: Headers,
-        *,
-        head_request: bool,
-        http11: bool,
-        keep_alive: bool,
-        whole_body: int | None,
-        extra: Headers,
-        extra_head: bytes,
+        self, cycle: RequestCycle, status: int, reason: bytes, headers: Headers, whole: int | None
     ) -> ResponseHead:
-        # HTTP/2 has no reason phrase; the Date and Server headers are the stream's own
-        # (the same list, state.default_headers).
-        stream = self._stream
-        no_body = head_request or status in (204, 304)
+        # HTTP/2 has no reason phrase, and no keep-alive of a response's own; the Date and
+        # Server headers are the stream's own (the same list, state.default_headers).
+        no_body = cycle.request.method == b"HEAD" or status in (204, 304)
         # Known whole (cycle.respond): say how long, as HTTP/1.1 does, unless the app did.
         if (
-            whole_body is not None
+            whole is not None
             and not no_body
             and not any(name.lower() == b"content-length" for name, _ in headers)
         ):
-            headers = [*headers, (b"content-length", b"%d" % whole_body)]
-        stream.send_head(status, headers)
+            headers = [*headers, (b"content-length", b"%d" % whole)]
+        self._stream.send_head(status, headers)
         return ResponseHead(b"", EMPTY if no_body else FRAMED, 0, True)
 
     def write(self, data: bytes) -> None:

@@ -29,7 +29,7 @@ from dualgate.http.buffer import read_buffer
 from dualgate.http.checks import Refusal
 from dualgate.http.cycle import RequestCycle, View
 from dualgate.http.flow import GONE, Deadline, FlowControl
-from dualgate.http.framing import build_head, refusal_response
+from dualgate.http.framing import refusal_response
 from dualgate.http.peer import FROM_PEER, GivenClient, describe, forward
 from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.port import ConnectionPort
@@ -275,8 +275,6 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
             self.close()
 
     # -- the cycle's port ---------------------------------------------------------------
-
-    frame_head = staticmethod(build_head)  # HTTP/1.1: one bytes join, written with the body
 
     def _reports_each_response(self) -> bool:
         """Whether the connection reports each response as it ends (the access log; metrics and

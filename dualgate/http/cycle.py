@@ -22,9 +22,10 @@ Rules of this file:
   forwarded an address without one.
 - The cycle knows its connection only as a `Port`: the head framed, bytes out, waiting for
   drain, a file out, body taken, and the three ways a response ends. The port frames the head
-  (`frame_head`): HTTP/1.1 (connection.py) serialises it and chunks a body of unknown length;
-  HTTP/2 (h2/cycles.py) sends it as a HEADERS frame itself and frames the body (FRAMED), so
-  neither protocol's framing leaks into the other and the interfaces serve both alike.
+  (`frame_head`, handed the cycle, from which it reads what its framing needs): HTTP/1.1
+  (port.py) serialises it and chunks a body of unknown length; HTTP/2 (h2/cycles.py) sends it
+  as a HEADERS frame itself and frames the body (FRAMED), so neither protocol's framing leaks
+  into the other and the interfaces serve both alike.
   Settings (the default headers) come in as values when the cycle is built; it never sees the
   server's state, the flow control, the transport or the loop.
 """
@@ -38,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from dualgate.http.framing import CHUNKED, CLOSE, EMPTY, FRAMED, LENGTH, ResponseHead
-from dualgate.http.grammar import REASONS, Headers
+from dualgate.http.grammar import Headers
 from dualgate.http.reader import Request
 from dualgate.logs import error_logger, log_access
 
@@ -72,28 +73,16 @@ class Port(Protocol):
     can_sendfile: bool
 
     @property
-    def closing(self) -> bool:
-        """The server is stopping: the response being written is the connection's last."""
-
-    @property
     def writing_paused(self) -> bool: ...
 
     def frame_head(
-        self,
-        status: int,
-        reason: bytes,
-        headers: Headers,
-        *,
-        head_request: bool,
-        http11: bool,
-        keep_alive: bool,
-        whole_body: int | None,
-        extra: Headers,
-        extra_head: bytes,
+        self, cycle: RequestCycle, status: int, reason: bytes, headers: Headers, whole: int | None
     ) -> ResponseHead:
-        """The response head as this protocol frames it (framing.build_head's arguments): its
-        bytes, for `write` to send first, and how the body is framed. ValueError when the head
-        is not valid HTTP; nothing is sent then."""
+        """`cycle`'s response head as this protocol frames it: its bytes, for `write` to send
+        first, and how the body is framed. What else the framing needs the port reads from the
+        cycle (the request's method and version, keep-alive, the default headers); `reason` is
+        the application's (empty: none given), `whole` the body's length when the response is
+        whole (`respond`). ValueError when the head is not valid HTTP; nothing is sent then."""
 
     def write(self, data: bytes) -> None: ...
     def when_writable(self, callback: Callable[[], None]) -> None: ...
@@ -117,8 +106,6 @@ class RequestCycle:
         "_body",
         "_body_buffered",
         "_continue_sent",
-        "_extra",
-        "_extra_head",
         "_framing",
         "_on_body_ready",
         "_on_disconnect",
@@ -130,6 +117,8 @@ class RequestCycle:
         "client_closed",
         "complete",
         "disconnected",
+        "extra",
+        "extra_head",
         "head_sent",
         "interface",
         "keep_alive",
@@ -152,9 +141,10 @@ class RequestCycle:
         self._port = port
         self.request = request
         self.client, self.server, self.scheme, self.tls = view
-        # The server's default headers (Date, Server) as they were when the request came.
-        self._extra = extra
-        self._extra_head = extra_head
+        # The server's default headers (Date, Server) as they were when the request came, for
+        # the port to frame the head with (`extra_head`: the same, serialised).
+        self.extra = extra
+        self.extra_head = extra_head
         self.started_at = time.monotonic()
         self._body: deque[bytes] = deque()
         self._body_buffered = 0
@@ -265,22 +255,6 @@ class RequestCycle:
         """Run `callback` once the transport can take more bytes (at once if it can now)."""
         self._port.when_writable(callback)
 
-    def _build_head(
-        self, status: int, headers: Headers, reason: bytes, whole: int | None
-    ) -> ResponseHead:
-        request = self.request
-        return self._port.frame_head(
-            status,
-            reason or REASONS.get(status, b""),
-            headers,
-            head_request=request.method == b"HEAD",
-            http11=request.http_version == b"1.1",
-            keep_alive=self.keep_alive and not self._port.closing,
-            whole_body=whole,
-            extra=self._extra,
-            extra_head=self._extra_head,
-        )
-
     def _head_decided(self, status: int, headers: Headers, head: ResponseHead) -> bytes:
         self.status = status
         self.response_headers = headers
@@ -294,7 +268,7 @@ class RequestCycle:
         self, status: int, headers: Headers, reason: bytes, whole: int | None
     ) -> bytes | None:
         try:
-            head = self._build_head(status, headers, reason, whole)
+            head = self._port.frame_head(self, status, reason, headers, whole)
         except ValueError as exc:
             # Not valid HTTP (a bad Content-Length, a control character): the client gets a
             # 500 and a close instead, and the log says why.
@@ -352,7 +326,7 @@ class RequestCycle:
         decides it, and `sent_directly` (on the loop) ends the response.
         """
         try:
-            head = self._build_head(status, headers, reason, len(body))
+            head = self._port.frame_head(self, status, reason, headers, len(body))
         except ValueError:
             return None
         data = self._head_decided(status, headers, head)

@@ -83,7 +83,7 @@ _new = tuple.__new__
 def forward(view: View, request: Request, trust: ProxyTrust) -> tuple[View, Request]:
     """The view and the request as a trusted proxy's forwarding headers say they are (the
     connection's own when it says nothing)."""
-    forwarded = trust.forwarded(view.client, request.headers, view.scheme, view.server)
+    forwarded = trust.resolve(view.client, request.headers, view.scheme, view.server, believed=True)
     if forwarded is None:
         return view, request
     view = View(forwarded.client, forwarded.server, forwarded.scheme, view.tls)

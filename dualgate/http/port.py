@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from dualgate.http.cycle import RequestCycle, Takeover, View
 from dualgate.http.flow import GONE, Deadline, FlowControl
+from dualgate.http.framing import ResponseHead, build_head
+from dualgate.http.grammar import REASONS, Headers
 from dualgate.http.phases import ConnectionPhase
 from dualgate.http.wire import DirectWire
 
@@ -49,12 +51,26 @@ class ConnectionPort:
         raise NotImplementedError  # HTTPProtocol's
 
     @property
-    def closing(self) -> bool:
-        return self.state.shutting_down
-
-    @property
     def writing_paused(self) -> bool:
         return self.flow.writing_paused
+
+    def frame_head(
+        self, cycle: RequestCycle, status: int, reason: bytes, headers: Headers, whole: int | None
+    ) -> ResponseHead:
+        # HTTP/1.1: one bytes join, written with the body. A stopping server's response is
+        # its connection's last.
+        request = cycle.request
+        return build_head(
+            status,
+            reason or REASONS.get(status, b""),
+            headers,
+            head_request=request.method == b"HEAD",
+            http11=request.http_version == b"1.1",
+            keep_alive=cycle.keep_alive and not self.state.shutting_down,
+            whole_body=whole,
+            extra=cycle.extra,
+            extra_head=cycle.extra_head,
+        )
 
     def write(self, data: bytes) -> None:
         if self.phase is not _CLOSED:

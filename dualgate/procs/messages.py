@@ -21,6 +21,7 @@ import json
 import signal
 from dataclasses import dataclass
 
+from dualgate.hooks import STOP_SIGNALS
 from dualgate.metrics.snapshot import Stats
 
 __all__ = [
@@ -57,18 +58,13 @@ _KINDS = {kind.value: kind for kind in Kind}
 _LENGTH = 4  # bytes of a snapshot's length, big-endian
 
 DUMP_SIGNAL = signal.SIGUSR1
-# What the supervisor handles. Blocked around fork and spawn together with DUMP_SIGNAL, so a
-# child never runs the supervisor's handlers (nor dies of DUMP_SIGNAL before it can dump
-# tracebacks), and reset in the child before it unblocks them.
+# What the supervisor handles (policy.py decides what each means): the stop signals, as a
+# server's (hooks.py), SIGHUP (a new generation of workers), SIGTTIN and SIGTTOU (one worker
+# more, one fewer) and SIGCHLD (a worker ended). Blocked around fork and spawn together with
+# DUMP_SIGNAL, so a child never runs the supervisor's handlers (nor dies of DUMP_SIGNAL before
+# it can dump tracebacks), and reset in the child before it unblocks them.
 SUPERVISOR_SIGNALS = frozenset(
-    {
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGCHLD,
-    }
+    {*STOP_SIGNALS, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD}
 )
 BLOCKED_AROUND_START = SUPERVISOR_SIGNALS | {DUMP_SIGNAL}
 

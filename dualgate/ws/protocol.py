@@ -21,6 +21,7 @@ application's task have ended, so a graceful shutdown waits for applications to 
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
@@ -34,7 +35,7 @@ from dualgate.http.flow import GONE, FlowControl
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
 from dualgate.ws.answer import Answer
-from dualgate.ws.handshake import HandshakeRefusal, HandshakeRequest
+from dualgate.ws.handshake import HandshakeRefusal, HandshakeRequest, build_scope
 from dualgate.ws.phases import MOVES, Phase
 from dualgate.ws.session import Session, WebSocketClosed
 
@@ -82,16 +83,17 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         self._transport: asyncio.Transport
         self._flow: FlowControl
         self.phase = _HANDSHAKE
-        self._session = Session(
-            self,
-            app,
+        # The scope waits only for the subprotocols the handshake brings (connection_made).
+        self._scope_for = functools.partial(
+            build_scope,
+            request,
             client=client,
             server=server,
             scheme=scheme,
             root_path=root_path,
-            lifespan_state=lifespan_state,
-            config=config,
+            state=lifespan_state,
         )
+        self._session = Session(self, app, config)
         self._conn: Connection | None = None  # wsproto, once open
         self._early = bytearray()  # bytes that came before the 101
         self._lost = False
@@ -119,7 +121,7 @@ class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
         if isinstance(handshake, HandshakeRefusal):
             self.refuse(handshake.status, handshake.reason, headers=handshake.headers)
             return
-        self._session.start(self._request, handshake.subprotocols)
+        self._session.start(self._scope_for(subprotocols=handshake.subprotocols))
         self._arm_deadline(config.ws_handshake_timeout, self._on_handshake_timeout)
 
     def get_buffer(self, sizehint: int) -> memoryview:

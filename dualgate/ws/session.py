@@ -17,13 +17,11 @@ Rules of this file:
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from dualgate.http.grammar import Headers, asgi_headers
 from dualgate.logs import error_logger
-from dualgate.ws.handshake import HandshakeRequest, build_scope
 from dualgate.ws.phases import Phase
 
 if TYPE_CHECKING:
@@ -82,29 +80,9 @@ class Wire(Protocol):
 class Session:
     """One WebSocket as its ASGI application sees it."""
 
-    def __init__(
-        self,
-        wire: Wire,
-        app: ASGI3Application,
-        *,
-        client: tuple[str, int] | None,
-        server: tuple[str, int | None] | None,
-        scheme: str,
-        root_path: str,
-        lifespan_state: dict[str, Any] | None,
-        config: Config,
-    ) -> None:
+    def __init__(self, wire: Wire, app: ASGI3Application, config: Config) -> None:
         self._wire = wire
         self._app = app
-        # The scope waits only for the subprotocols the handshake brings (`start`).
-        self._scope_for = functools.partial(
-            build_scope,
-            client=client,
-            server=server,
-            scheme=scheme,
-            root_path=root_path,
-            state=lifespan_state,
-        )
         self._max_size = config.ws_max_size
         self._max_queue = config.ws_max_queue
         self._max_queued_bytes = config.body_buffer_size
@@ -125,10 +103,10 @@ class Session:
 
     # -- from the wire --------------------------------------------------------------------
 
-    def start(self, request: HandshakeRequest, subprotocols: list[str]) -> None:
-        """The handshake is valid: call the application, which hears websocket.connect."""
-        self._subprotocols = subprotocols
-        scope = self._scope_for(request, subprotocols=subprotocols)
+    def start(self, scope: WebSocketScope) -> None:
+        """The handshake is valid: call the application with `scope` (its subprotocols are the
+        ones the client offered), and it hears websocket.connect."""
+        self._subprotocols = list(scope["subprotocols"])
         self.running = True
         self._task = self._loop.create_task(self._run(scope))
 
