@@ -116,6 +116,7 @@ class H2Protocol(asyncio.Protocol):
         self.core.lost()
         self._release()
         self.transport = GONE  # not kept in this connection's cycles (http/flow.py says why)
+        self._send = GONE.write  # the bound write would keep the transport as well
 
     def pause_writing(self) -> None:
         self.core.writing_paused = True
