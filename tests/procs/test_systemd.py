@@ -149,8 +149,11 @@ def test_worker_count_waits_for_every_worker(
 ) -> None:
     # A slow-starting app: READY=1 must not come before the last worker is ready.
     write_app(tmp_path)
+    # Each worker leaves a file once its app is loaded: unlike its log line, which the test
+    # reads from a pipe through a thread that may lag, the file is there when READY=1 is sent.
     (tmp_path / "slowstart.py").write_text(
-        "import time\ntime.sleep(0.5)\nfrom pidapp import application\n"
+        "import os, time\ntime.sleep(0.5)\nfrom pidapp import application\n"
+        "open(os.path.join(os.path.dirname(__file__), f'loaded-{os.getpid()}'), 'w').close()\n"
     )
     notify, address = notify_socket
     argv = [sys.executable, "-m", "dualgate", "serve", "slowstart:application"]
@@ -158,8 +161,8 @@ def test_worker_count_waits_for_every_worker(
     server = Process(argv, tmp_path, {"NOTIFY_SOCKET": address})
     try:
         assert receive(notify) == "READY=1"
-        ready_lines = server.stderr.count("Serving WSGI app")
-        assert ready_lines == 3, server.stderr
+        assert len(list(tmp_path.glob("loaded-*"))) == 3, server.stderr
+        wait_until(lambda: server.stderr.count("Serving WSGI app") == 3, 5, "three ready lines")
         wait_until(lambda: len(server.children()) == 3, 5, "three workers")
     finally:
         server.stop()
