@@ -35,7 +35,7 @@ from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.port import ConnectionPort
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, reader_for
 from dualgate.http.state import ServerState
-from dualgate.http.wire import DirectWire, wire_fd
+from dualgate.http.wire import DirectWire, settle_written, wire_fd
 from dualgate.logs import error_logger, log_access
 
 __all__ = ["HTTPProtocol", "reading_class"]
@@ -103,9 +103,11 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
         self.transport = transport = cast(asyncio.Transport, transport)
-        config = self.state.config
-        self.flow = FlowControl(transport, self.loop, config.timeout_write, self._write_timed_out)
         state = self.state
+        if state.written:
+            settle_written(state.written)  # an event on the loop: see data_received
+        config = state.config
+        self.flow = FlowControl(transport, self.loop, config.timeout_write, self._write_timed_out)
         self.view, self.believed, self.can_sendfile = describe(
             transport, state, self.loop, self._given_client
         )
@@ -138,6 +140,11 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
+        written = self.state.written
+        if written:
+            # Responses threads wrote meanwhile, on any connection: finished now, so that an
+            # idle connection holds nothing of its last request (wire.py).
+            settle_written(written)
         self._settle_direct()
         if self._sniffed is not None:
             data = self._sniffed + data
@@ -363,6 +370,8 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the server's periodic sweep."""
+        if self.state.written:
+            settle_written(self.state.written)
         self._settle_direct()  # so a response written meanwhile starts the keep-alive wait
         kind = self.flow.expired(now)
         if kind is None or self.phase is _CLOSED:

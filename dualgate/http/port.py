@@ -114,7 +114,9 @@ class ConnectionPort:
         ):
             return None
         if self._wire is None:
-            self._wire = DirectWire(self._wire_fd, self._reports_each_response())
+            self._wire = DirectWire(
+                self._wire_fd, self._reports_each_response(), self.state.written
+            )
         self._wire.lend(cycle)
         return self._wire
 
