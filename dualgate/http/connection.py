@@ -84,9 +84,11 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
         # The first bytes of a plain connection (at most the 24 of the HTTP/2 preface) while
         # they may still be the preface; None once decided, or when HTTP/2 is off.
         self._sniffed: bytes | None = None
-        # The socket a pool thread may write a whole response to (wire.py): its descriptor,
-        # decided once, and the wire, made at its first loan.
+        # The socket a pool thread may write a whole response to (wire.py): its descriptor and
+        # whether the loop hears of each response at once, decided once; the wire while a
+        # response has it (a spare one, or made at the loan), None when idle.
         self._wire_fd = -1
+        self._wire_wakes = False
         self._wire: DirectWire | None = None
 
     def _move(self, phase: ConnectionPhase) -> None:
@@ -112,6 +114,8 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
             transport, state, self.loop, self._given_client
         )
         self._wire_fd = wire_fd(transport)
+        if self._wire_fd >= 0:
+            self._wire_wakes = self._reports_each_response()
         # Over the limit, the connection is still read far enough to answer 503, so the client
         # learns why instead of seeing a reset.
         self._over_limit = len(self.state.connections) >= config.limit_concurrency
@@ -322,6 +326,11 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
     def _next_request(self) -> None:
         # The phase is RESPONDING or DRAINING: the response is done, and the body read.
         self.cycle = None
+        wire = self._wire
+        if wire is not None:
+            # No thread holds it now: spare, for the next lend on any connection (wire.py).
+            self._wire = None
+            self.state.spare_wires.append(wire)
         self._drained = 0
         reader = self.reader
         waiting = reader.start_next()

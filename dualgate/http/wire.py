@@ -39,6 +39,13 @@ Rules of this file (why it is safe):
   than until the sweep (up to a second; a burst of connections going idle together held one
   cycle each meanwhile, about 1 KiB of RSS per connection once freed, as the heap keeps it).
   Settling another connection's response there is what the sweep did already.
+- Nor does an idle connection keep a wire (an object and a lock, about 0.2 KiB): once its
+  response is over, on the loop, no thread holds the wire any more (it was claimed, or given
+  back before the thread's last post), and the connection puts it on the server's spare list,
+  from which the next lend on any connection takes it (`ServerState.spare_wires`). A wire whose
+  connection is gone is never put back: a thread may still hold it, and it stays marked gone.
+  A queued wire that was lent again meanwhile is only ever claimed for a response written in
+  full on it, whichever connection that was for: the cycle says.
 """
 
 from __future__ import annotations
@@ -81,12 +88,11 @@ class DirectWire:
         "_queue",
         "_wake",
         "_written",
-        "always_wake",
     )
 
-    def __init__(self, fd: int, always_wake: bool, queue: Written) -> None:
+    def __init__(self, queue: Written) -> None:
         self._lock = threading.Lock()
-        self._fd = fd
+        self._fd = -1  # the socket of the connection it is lent for
         self._queue = queue
         self._gone = False
         self._lent: RequestCycle | None = None
@@ -94,14 +100,16 @@ class DirectWire:
         self._finished: RequestCycle | None = None
         self._written = 0
         self._wake = False
-        self.always_wake = always_wake
 
     # -- the loop's side ----------------------------------------------------------------
 
-    def lend(self, cycle: RequestCycle) -> None:
+    def lend(self, cycle: RequestCycle, fd: int, always_wake: bool) -> None:
+        """Lend the socket `fd` to the thread that makes `cycle`'s response; `always_wake`:
+        the loop is to hear of the response at once (a post), whatever it is."""
         with self._lock:
+            self._fd = fd
             self._lent = cycle
-            self._wake = self.always_wake
+            self._wake = always_wake
 
     def claim(self) -> tuple[RequestCycle, int] | None:
         """The cycle whose response a thread wrote in full, and the bytes it wrote; or None,
