@@ -149,7 +149,8 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
             # Responses threads wrote meanwhile, on any connection: finished now, so that an
             # idle connection holds nothing of its last request (wire.py).
             settle_written(written)
-        self._settle_direct()
+        if self._wire is not None:  # none while idle, nor ever under TLS or uvloop
+            self._settle_direct()
         if self._sniffed is not None:
             data = self._sniffed + data
             verdict = sniff(data)
