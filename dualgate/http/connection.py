@@ -35,7 +35,7 @@ from dualgate.http.phases import MOVES, ConnectionPhase
 from dualgate.http.port import ConnectionPort
 from dualgate.http.reader import CLOSED, END, NEED_DATA, PAUSED, Request, reader_for
 from dualgate.http.state import ServerState
-from dualgate.http.wire import DirectWire, wire_fd
+from dualgate.http.wire import DirectWire, settle_written, wire_fd
 from dualgate.logs import error_logger, log_access
 
 __all__ = ["HTTPProtocol", "reading_class"]
@@ -84,9 +84,11 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
         # The first bytes of a plain connection (at most the 24 of the HTTP/2 preface) while
         # they may still be the preface; None once decided, or when HTTP/2 is off.
         self._sniffed: bytes | None = None
-        # The socket a pool thread may write a whole response to (wire.py): its descriptor,
-        # decided once, and the wire, made at its first loan.
+        # The socket a pool thread may write a whole response to (wire.py): its descriptor and
+        # whether the loop hears of each response at once, decided once; the wire while a
+        # response has it (a spare one, or made at the loan), None when idle.
         self._wire_fd = -1
+        self._wire_wakes = False
         self._wire: DirectWire | None = None
 
     def _move(self, phase: ConnectionPhase) -> None:
@@ -103,13 +105,17 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but have the same methods.
         self.transport = transport = cast(asyncio.Transport, transport)
-        config = self.state.config
-        self.flow = FlowControl(transport, self.loop, config.timeout_write, self._write_timed_out)
         state = self.state
+        if state.written:
+            settle_written(state.written)  # an event on the loop: see data_received
+        config = state.config
+        self.flow = FlowControl(transport, self.loop, config.timeout_write, self._write_timed_out)
         self.view, self.believed, self.can_sendfile = describe(
             transport, state, self.loop, self._given_client
         )
         self._wire_fd = wire_fd(transport)
+        if self._wire_fd >= 0:
+            self._wire_wakes = self._reports_each_response()
         # Over the limit, the connection is still read far enough to answer 503, so the client
         # learns why instead of seeing a reset.
         self._over_limit = len(self.state.connections) >= config.limit_concurrency
@@ -138,7 +144,13 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes read (buffer_updated), or handed over (the TLS and PROXY layers' own reads)."""
-        self._settle_direct()
+        written = self.state.written
+        if written:
+            # Responses threads wrote meanwhile, on any connection: finished now, so that an
+            # idle connection holds nothing of its last request (wire.py).
+            settle_written(written)
+        if self._wire is not None:  # none while idle, nor ever under TLS or uvloop
+            self._settle_direct()
         if self._sniffed is not None:
             data = self._sniffed + data
             verdict = sniff(data)
@@ -315,6 +327,11 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
     def _next_request(self) -> None:
         # The phase is RESPONDING or DRAINING: the response is done, and the body read.
         self.cycle = None
+        wire = self._wire
+        if wire is not None:
+            # No thread holds it now: spare, for the next lend on any connection (wire.py).
+            self._wire = None
+            self.state.spare_wires.append(wire)
         self._drained = 0
         reader = self.reader
         waiting = reader.start_next()
@@ -363,6 +380,8 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
 
     def check_deadline(self, now: float) -> None:
         """Called by the server's periodic sweep."""
+        if self.state.written:
+            settle_written(self.state.written)
         self._settle_direct()  # so a response written meanwhile starts the keep-alive wait
         kind = self.flow.expired(now)
         if kind is None or self.phase is _CLOSED:

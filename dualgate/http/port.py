@@ -42,6 +42,7 @@ class ConnectionPort:
     believed: bool
     can_sendfile: bool
     _wire_fd: int
+    _wire_wakes: bool
     _wire: DirectWire | None
 
     def _move(self, phase: ConnectionPhase) -> None:
@@ -113,10 +114,13 @@ class ConnectionPort:
             or self.transport.get_write_buffer_size()
         ):
             return None
-        if self._wire is None:
-            self._wire = DirectWire(self._wire_fd, self._reports_each_response())
-        self._wire.lend(cycle)
-        return self._wire
+        wire = self._wire
+        if wire is None:
+            # An idle connection holds none: a spare one, if another connection left one.
+            spare = self.state.spare_wires
+            wire = self._wire = spare.pop() if spare else DirectWire(self.state.written)
+        wire.lend(cycle, self._wire_fd, self._wire_wakes)
+        return wire
 
     def sent_directly(self, size: int) -> None:
         pass  # counted by metered.py's subclass only

@@ -1,6 +1,6 @@
 """What every connection of one server shares: settings, the handler, the live connections, the
 figures it counts (metrics.py), and the edge: whom to believe (ProxyTrust, built once) and the
-TLS context holder."""
+TLS context holder. Also the direct writes' queue and spare wires (wire.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from dualgate.edge.forwarded import ProxyTrust
 from dualgate.http.grammar import Headers
+from dualgate.http.wire import DirectWire, Written
 from dualgate.logs import access_logger
 from dualgate.metrics.counters import Metrics
 
@@ -68,6 +69,11 @@ class ServerState:
         # asked for (README "TLS").
         self.tls_extension = tls is not None and tls.context.verify_mode != ssl.CERT_NONE
         self.connections: set[Connection] = set()
+        # Responses pool threads wrote in full to the socket themselves, for the loop to finish
+        # at its next event on any connection (wire.py).
+        self.written = Written()
+        # Wires no connection holds (an idle one gives its wire back): lent again first.
+        self.spare_wires: list[DirectWire] = []
         self.shutting_down = False
         # Set by the server when HTTP/2 is on (--http2): connections hand over to it.
         self.http2: HTTP2 | None = None

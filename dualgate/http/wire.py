@@ -31,6 +31,21 @@ Rules of this file (why it is safe):
   not yet written and asks the thread to post instead (`_wake`); so does a response after which
   the connection closes, and every response of a connection that reports each response as it
   ends (access log, metrics, hooks: `always_wake`).
+- What the loop learns late is held late: until its claim, a response written in full keeps its
+  cycle (the request's head, the response's headers) referenced by the connection. So the
+  thread also queues the wire on the server's `Written` queue, which the loop empties at its
+  next event on *any* connection (a request read, a connection accepted) and at the sweep: an
+  idle connection then holds nothing of its last request once the loop has run again, rather
+  than until the sweep (up to a second; a burst of connections going idle together held one
+  cycle each meanwhile, about 1 KiB of RSS per connection once freed, as the heap keeps it).
+  Settling another connection's response there is what the sweep did already.
+- Nor does an idle connection keep a wire (an object and a lock, about 0.2 KiB): once its
+  response is over, on the loop, no thread holds the wire any more (it was claimed, or given
+  back before the thread's last post), and the connection puts it on the server's spare list,
+  from which the next lend on any connection takes it (`ServerState.spare_wires`). A wire whose
+  connection is gone is never put back: a thread may still hold it, and it stays marked gone.
+  A queued wire that was lent again meanwhile is only ever claimed for a response written in
+  full on it, whichever connection that was for: the cycle says.
 """
 
 from __future__ import annotations
@@ -38,12 +53,13 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from dualgate.http.cycle import RequestCycle
 
-__all__ = ["DirectWire", "wire_fd"]
+__all__ = ["DirectWire", "Written", "settle_written", "wire_fd"]
 
 # The transport class whose socket may be lent (see the rules above); looked up by name, as
 # asyncio does not export it.
@@ -63,25 +79,37 @@ def wire_fd(transport: asyncio.BaseTransport) -> int:
 class DirectWire:
     """The wire of one connection: lent by the loop, written by at most one thread at a time."""
 
-    __slots__ = ("_fd", "_finished", "_gone", "_lent", "_lock", "_wake", "_written", "always_wake")
+    __slots__ = (
+        "_fd",
+        "_finished",
+        "_gone",
+        "_lent",
+        "_lock",
+        "_queue",
+        "_wake",
+        "_written",
+    )
 
-    def __init__(self, fd: int, always_wake: bool) -> None:
+    def __init__(self, queue: Written) -> None:
         self._lock = threading.Lock()
-        self._fd = fd
+        self._fd = -1  # the socket of the connection it is lent for
+        self._queue = queue
         self._gone = False
         self._lent: RequestCycle | None = None
         # A response the thread wrote in full, which the loop has not claimed yet.
         self._finished: RequestCycle | None = None
         self._written = 0
         self._wake = False
-        self.always_wake = always_wake
 
     # -- the loop's side ----------------------------------------------------------------
 
-    def lend(self, cycle: RequestCycle) -> None:
+    def lend(self, cycle: RequestCycle, fd: int, always_wake: bool) -> None:
+        """Lend the socket `fd` to the thread that makes `cycle`'s response; `always_wake`:
+        the loop is to hear of the response at once (a post), whatever it is."""
         with self._lock:
+            self._fd = fd
             self._lent = cycle
-            self._wake = self.always_wake
+            self._wake = always_wake
 
     def claim(self) -> tuple[RequestCycle, int] | None:
         """The cycle whose response a thread wrote in full, and the bytes it wrote; or None,
@@ -94,6 +122,16 @@ class DirectWire:
             if self._lent is not None:
                 self._wake = True
             return None
+
+    def claim_written(self) -> tuple[RequestCycle, int] | None:
+        """`claim`, for a loop that is not waiting for this connection's response (the queue's
+        drain): a response still being made is left as it is, to be written directly."""
+        with self._lock:
+            finished = self._finished
+            if finished is None:
+                return None
+            self._finished = None
+            return finished, self._written
 
     def lost(self) -> None:
         """The connection is gone (connection_lost, before asyncio closes the socket)."""
@@ -132,4 +170,21 @@ class DirectWire:
                 return written, False
             self._finished = cycle
             self._written = written
+            # deque.append is atomic: no lock of the loop's is taken, and nothing wakes it.
+            self._queue.append(self)
             return written, True
+
+
+# The wires whose response a thread wrote in full since the loop last looked: one per server
+# (`ServerState.written`), appended to by pool threads, emptied by the loop (`settle_written`).
+Written = deque[DirectWire]
+
+
+def settle_written(queue: Written) -> None:
+    """On the loop: finish every response a thread wrote in full itself, on whichever
+    connection (the rules above). A wire already claimed at its own connection's event since
+    it was queued has nothing to give: it is dropped."""
+    while queue:
+        claimed = queue.popleft().claim_written()
+        if claimed is not None:
+            claimed[0].sent_directly(claimed[1], b"")

@@ -11,13 +11,16 @@ import asyncio
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
+from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import pytest
 
+from dualgate.http import connection
 from dualgate.http.cycle import RequestCycle
-from dualgate.http.wire import DirectWire, wire_fd
+from dualgate.http.wire import DirectWire, Written, wire_fd
 from tests.conftest import Reader, ServeFactory, connect
 from tests.proxies import Certs
 
@@ -114,6 +117,61 @@ def test_an_idle_connection_gets_its_keep_alive_deadline(
         assert idle.recv(1) == b""
         assert time.monotonic() - started < 3.0
     assert settled_count(writes, 1) == 1
+
+
+class _Sentinel:
+    """Put in a request's environ: alive as long as something keeps the environ."""
+
+
+def test_an_idle_connection_keeps_nothing_of_its_last_request(
+    serve: ServeFactory, writes: list[tuple[int, int, bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every request's cycle and environ, watched by weak references.
+    cycles: list[weakref.ref[RequestCycle]] = []
+    environs: list[weakref.ref[_Sentinel]] = []
+
+    class WatchedCycle(RequestCycle):
+        __slots__ = ("__weakref__",)
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            cycles.append(weakref.ref(self))
+
+    def watched_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        sentinel = environ["test.sentinel"] = _Sentinel()
+        environs.append(weakref.ref(sentinel))
+        return app(environ, start_response)
+
+    monkeypatch.setattr(connection, "RequestCycle", WatchedCycle)
+    # No sweep: what the loop does at its events alone must let go of the finished requests.
+    monkeypatch.setattr(connection.HTTPProtocol, "check_deadline", lambda self, now: None)
+    server = serve(watched_app, timeout_keep_alive=30)
+    idle = [connect(server.port) for _ in range(3)]
+    try:
+        for index, sock in enumerate(idle):
+            assert get(Reader(sock), sock, f"/{index}") == f"/{index}".encode()
+            # Written by its thread, which tells the loop nothing (the connection stays idle).
+            assert settled_count(writes, index + 1) == index + 1
+        assert all(settled for _, _, settled in writes)
+        # One more event on the loop, on another connection: one accepted.
+        with connect(server.port):
+            deadline = time.monotonic() + 5
+            while any(ref() is not None for ref in cycles + environs):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+            assert len(cycles) == len(environs) == 3
+            assert [ref() for ref in cycles] == [None, None, None]
+            assert [ref() for ref in environs] == [None, None, None]
+            # Nor does it keep a wire: the one the first response used served all three.
+            assert server.state is not None
+            assert len(server.state.spare_wires) == 1
+        # Still served as keep-alive connections.
+        for index, sock in enumerate(idle):
+            assert get(Reader(sock), sock, f"/again{index}") == f"/again{index}".encode()
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_pipelined_requests_do_not_wait_for_the_sweep(
@@ -266,24 +324,28 @@ def test_a_client_gone_before_the_write_gets_nothing_written(
 def test_the_wire_refuses_a_connection_that_is_gone() -> None:
     # The lock and the gone mark are what keep a thread off a closed (or reused) descriptor.
     left, right = socket.socketpair()
+    written = Written()
     with left, right:
-        wire = DirectWire(left.fileno(), always_wake=False)
+        wire = DirectWire(written)
         cycle = object.__new__(RequestCycle)
-        wire.lend(cycle)
+        wire.lend(cycle, left.fileno(), always_wake=False)
         wire.lost()
         assert wire.write_last(cycle, b"data", closes=False) == (0, False)
-        wire.lend(cycle)
+        wire.lend(cycle, left.fileno(), always_wake=False)
         wire.give_back(cycle)
         assert wire.write_last(cycle, b"data", closes=False) == (0, False)
         right.setblocking(False)
         with pytest.raises(BlockingIOError):
             right.recv(10)
-        wire = DirectWire(left.fileno(), always_wake=False)
-        wire.lend(cycle)
+        assert not written  # only a response written in full is queued for the loop
+        wire = DirectWire(written)
+        wire.lend(cycle, left.fileno(), always_wake=False)
         assert wire.write_last(cycle, b"data", closes=False) == (4, True)
         assert right.recv(10) == b"data"
+        assert list(written) == [wire]
         assert wire.claim() == (cycle, 4)
         assert wire.claim() is None
+        assert wire.claim_written() is None  # claimed at its own event: the queue's is stale
 
 
 def test_only_asyncio_socket_transports_lend_their_socket() -> None:
