@@ -93,7 +93,7 @@ def test_http2_bytes_both_ways_are_counted_exactly(tls: bool, app: object, certs
     assert (received, sent) == (client.sent, client.received)
 
 
-def _h2_connections(server: Server) -> list[object]:
+def _h2_connections(server: Server) -> list[H2Protocol]:
     state = server.state
     assert state is not None
     return [c for c in list(state.connections) if isinstance(c, H2Protocol)]
