@@ -401,7 +401,14 @@ def test_sighup_without_tls_is_left_alone(tmp_path: Path) -> None:
     """Nothing to reload: SIGHUP keeps its default meaning (the process ends)."""
     argv = [sys.executable, "-m", "dualgate", "serve", "hello:application", "--port", "0"]
     argv += ["--app-dir", str(ROOT / "examples")]
-    with ServerProcess(argv) as process:
+    # A test run under nohup ignores SIGHUP, and a child inherits that: the server is started
+    # with the default disposition, which is what this test is about.
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        server = ServerProcess(argv)
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
+    with server as process:
         process.wait_for_port()
         os.kill(process.process.pid, signal.SIGHUP)
         assert process.process.wait(SOCKET_TIMEOUT) == -signal.SIGHUP
