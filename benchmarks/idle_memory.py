@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Literal
 
 from benchmarks import procs
+from benchmarks.run import cpu_model
 from benchmarks.scenarios import BY_NAME as SCENARIOS
 from benchmarks.servers import BY_NAME as SERVERS
 from benchmarks.servers import Options, Server
@@ -490,14 +491,6 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.idle_memory",
@@ -574,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "-m", "benchmarks.idle_memory", *(argv or sys.argv[1:])]),
         "nproc": os.cpu_count(),
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "scenario": args.scenario,

@@ -374,7 +374,8 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _cpu() -> str:
+def cpu_model() -> str:
+    """The CPU's model name, for the machine line of a results file."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -447,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "-m", "benchmarks", *(argv or sys.argv[1:])]),
         "nproc": os.cpu_count(),
-        "cpu": _cpu(),
+        "cpu": cpu_model(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "pinning": pinning,
