@@ -12,12 +12,15 @@ the process tests copy that module next to the server they start, as `h2apps`.
 from __future__ import annotations
 
 import json
+import os
 import re
+import selectors
 import shutil
 import signal
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,22 @@ def port_of(server: Server) -> int:
 # -- --workers ------------------------------------------------------------------------------
 
 
+def read_until(process: subprocess.Popen[bytes], text: str, count: int) -> bytes:
+    """What `process` printed until `text` had appeared `count` times (nghttp flushes each
+    frame it prints); fails at TIMEOUT or at the end of the output."""
+    assert process.stdout is not None
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + TIMEOUT
+        while seen.decode(errors="replace").count(text) < count:
+            assert selector.select(max(0.0, deadline - time.monotonic())), seen.decode()
+            chunk = os.read(process.stdout.fileno(), 65536)
+            assert chunk, seen.decode()
+            seen += chunk
+    return seen
+
+
 def nghttp_frames(out: str) -> tuple[list[int], int, dict[str, Any]]:
     """From `nghttp -v`: the last_stream_id of each GOAWAY received, the position of the first
     GOAWAY relative to the response head (negative: before it), and the response's body."""
@@ -151,8 +170,13 @@ def test_two_workers_serve_http2_and_sigterm_lets_a_held_stream_finish(
             # The held worker has begun its graceful stop (its GOAWAY is queued before this
             # line is logged, and goes out before the response can): let the stream finish.
             server.wait_for(rf"\[{busy}\] .*Waiting up to", after=mark)
+            # Both GOAWAYs before the response: the second follows the client's PING
+            # acknowledgement, and nghttp exits once its response is in, perhaps before reading
+            # a GOAWAY that came after it.
+            early = read_until(held, "recv GOAWAY", count=2)
             (tmp_path / "release").touch()
             out, err = held.communicate(timeout=TIMEOUT)
+            out = early + out
         finally:
             if held.poll() is None:
                 held.kill()
