@@ -262,10 +262,12 @@ class Captured(logging.Handler):
     def __init__(self, name: str) -> None:
         super().__init__(logging.DEBUG)
         self.messages: list[str] = []
+        self.times: list[float] = []  # each message's record.created
         self._logger = logging.getLogger(name)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+        self.times.append(record.created)
 
     def __enter__(self) -> Captured:
         self._logger.addHandler(self)
