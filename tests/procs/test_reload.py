@@ -10,7 +10,9 @@ from pathlib import Path
 from dualgate.procs.reload import DEFAULT_INCLUDE, Watcher
 from tests.processes import Load, answer, supervised, wait_until, write_app
 
-EDIT_SEEN_WITHIN = 5.0
+# Typically about a second here (the test prints it); the deadline is for a loaded machine,
+# where starting the new worker alone has taken over 5 s.
+EDIT_SEEN_WITHIN = 15.0
 
 
 def newest_version(load: Load, since: float) -> set[str]:
