@@ -189,8 +189,8 @@ class Server:
             from dualgate.h2.cycles import H2Server
 
             state.http2 = H2Server(state, loop, report=self.hooks.on_response)
-        # Buffered reads on asyncio's loop, uvloop's own elsewhere (connection.py).
-        http = reading_class(self._wiring.protocol(), loop)
+        # Buffered reads on asyncio's loop and under TLS, uvloop's own elsewhere (connection.py).
+        http = reading_class(self._wiring.protocol(), loop, tls=self._tls is not None)
         tls: dict[str, Any] = {}
         protocol_factory: Callable[[], asyncio.BaseProtocol]
         if config.proxy_protocol:

@@ -28,9 +28,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["BIOTransport"]
+from dualgate.http.buffer import BufferedReads, read_buffer
 
-_READ_SIZE = 65536
+__all__ = ["BIOTransport"]
 
 
 class BIOTransport(asyncio.Transport):
@@ -114,8 +114,10 @@ class BIOTransport(asyncio.Transport):
             protocol = self._protocol  # read each time: an upgrade may replace it
             if protocol is None:
                 break
+            buffer = read_buffer()  # read into, not a fresh object per read (buffer.py)
             try:
-                data = self._ssl.read(_READ_SIZE)
+                # Given a buffer, read returns the count (typeshed says bytes, for bytearray).
+                size = cast(int, self._ssl.read(len(buffer), cast(bytearray, buffer)))
             except ssl.SSLWantReadError:
                 if self._raw_eof:
                     self._deliver_eof(protocol)  # EOF without close_notify
@@ -126,10 +128,10 @@ class BIOTransport(asyncio.Transport):
             except ssl.SSLError:
                 self.abort()  # a record that does not decrypt: nothing after it can be trusted
                 break
-            if not data:  # close_notify
+            if not size:  # close_notify
                 self._deliver_eof(protocol)
                 break
-            cast(asyncio.Protocol, protocol).data_received(data)
+            cast(asyncio.Protocol, protocol).data_received(bytes(buffer[:size]))
         self._flush()  # TLS 1.3 session tickets and key updates go out after reads
 
     def _deliver_eof(self, protocol: asyncio.BaseProtocol) -> None:
@@ -234,8 +236,9 @@ class BIOTransport(asyncio.Transport):
         return self._raw.get_extra_info(name, default)
 
 
-class _RawSide(asyncio.Protocol):
-    """The raw transport's protocol: everything goes to the BIOTransport."""
+class _RawSide(BufferedReads):
+    """The raw transport's protocol: everything goes to the BIOTransport (buffered reads, so
+    that asyncio's loop does not make a 256 KiB object per read)."""
 
     __slots__ = ("_tls",)
 

@@ -6,12 +6,14 @@ How a connection gets here (preface.py decides, the HTTP/1.1 connection hands ov
 Either way `take_over(transport, first_bytes)` installs the protocol on the transport and gives
 it the bytes already read, as an HTTP/1.1 upgrade hands a connection to a WebSocket.
 
-What it does: reads go to the core, and what the core has to send is written once per loop
-turn (`output_ready` coalesces the writes of every stream); each stream the core starts goes
-to the handler, `handler(stream)`, which must not block (it starts a task or hands the stream
-to a thread pool) and finishes the stream with `end()` or `reset()` (stream.py). It is one of
-the server's live connections (state.Connection): the server's sweep calls `check_deadline`,
-a graceful stop `shutdown` (GOAWAY, PING, GOAWAY: core.py), and `force_close` when time is up.
+What it does: reads go to the core (read into the loop's one buffer, http/buffer.py, on every
+loop: under TLS a plain protocol would get a fresh 256 KiB object per read), and what the core
+has to send is written once per loop turn (`output_ready` coalesces the writes of every
+stream); each stream the core starts goes to the handler, `handler(stream)`, which must not
+block (it starts a task or hands the stream to a thread pool) and finishes the stream with
+`end()` or `reset()` (stream.py). It is one of the server's live connections
+(state.Connection): the server's sweep calls `check_deadline`, a graceful stop `shutdown`
+(GOAWAY, PING, GOAWAY: core.py), and `force_close` when time is up.
 
 A client that takes no bytes for `timeout_write` while the transport is paused is cut off, as
 on HTTP/1.1; while it is paused, the core frames no more response bytes.
@@ -34,6 +36,7 @@ from dualgate.h2.core import H2Core
 from dualgate.h2.phases import Phase
 from dualgate.h2.settings import H2Settings
 from dualgate.h2.stream import INTERNAL_ERROR, Stream
+from dualgate.http.buffer import BufferedReads
 from dualgate.http.flow import GONE
 from dualgate.http.grammar import Headers
 from dualgate.logs import error_logger
@@ -53,7 +56,7 @@ class Host(Protocol):
     metrics: Metrics  # the server's figures; HTTP/2's are `metrics.h2`
 
 
-class H2Protocol(asyncio.Protocol):
+class H2Protocol(BufferedReads):
     def __init__(
         self,
         host: Host,

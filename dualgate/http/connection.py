@@ -21,11 +21,10 @@ which the server builds only while metrics are on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import cast
 
 from dualgate.h2.preface import Sniffed, negotiated, sniff
-from dualgate.http.buffer import read_buffer
+from dualgate.http.buffer import BufferedReads
 from dualgate.http.checks import Refusal
 from dualgate.http.cycle import RequestCycle, View
 from dualgate.http.flow import GONE, Deadline, FlowControl
@@ -53,9 +52,11 @@ _MAX_DRAIN = 1 << 20
 _NO_VIEW = View(None, None, "http", None)
 
 
-class HTTPProtocol(ConnectionPort, asyncio.Protocol):
-    """One connection. Served as is on uvloop, which reads into a buffer of its own and makes
-    each read's bytes in C; on asyncio's loop, as `reading_class` makes it (buffered reads)."""
+class HTTPProtocol(ConnectionPort, asyncio.BaseProtocol):
+    """One connection. Served as is on uvloop without TLS, which reads into a buffer of its own
+    and makes each read's bytes in C; elsewhere, as `reading_class` makes it (buffered reads).
+    A BaseProtocol, not an asyncio.Protocol: uvloop reads into `get_buffer` only for a protocol
+    that is not an asyncio.Protocol."""
 
     def __init__(
         self,
@@ -429,35 +430,22 @@ class HTTPProtocol(ConnectionPort, asyncio.Protocol):
             self.transport.abort()
 
 
-class _BufferedReads(asyncio.BufferedProtocol):
-    """Reads into the loop thread's one buffer (buffer.py), for asyncio's own loop: it would
-    make a fresh 256 KiB object per read otherwise, and fragment the heap. On uvloop this costs
-    two Python calls and a slice per read for nothing: uvloop reads into a buffer of its own."""
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return read_buffer()  # one per loop thread, reused (buffer.py)
-
-    # HTTPProtocol's (or a subclass's), which comes first in the class reading_class makes.
-    data_received: Callable[[bytes], None]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # Copied out: the reader keeps what it is fed, and the buffer is read into again.
-        self.data_received(bytes(read_buffer()[:nbytes]))
-
-
 _buffered: dict[type[HTTPProtocol], type[HTTPProtocol]] = {}
 
 
 def reading_class(
-    protocol: type[HTTPProtocol], loop: asyncio.AbstractEventLoop
+    protocol: type[HTTPProtocol], loop: asyncio.AbstractEventLoop, tls: bool = False
 ) -> type[HTTPProtocol]:
-    """`protocol` as the connections of `loop` are served: with buffered reads on asyncio's own
-    loops (and any subclass of BaseEventLoop), as it is elsewhere (uvloop)."""
-    if not isinstance(loop, asyncio.BaseEventLoop):
+    """`protocol` as the connections of `loop` are served: with buffered reads (buffer.py) on
+    asyncio's own loops (and any subclass of BaseEventLoop) and under TLS, where asyncio's and
+    uvloop's TLS layers would make a 256 KiB object per read; plain on uvloop without TLS, which
+    reads into a buffer of its own, so that buffered reads would cost two Python calls per read
+    for nothing."""
+    if not tls and not isinstance(loop, asyncio.BaseEventLoop):
         return protocol
     buffered = _buffered.get(protocol)
     if buffered is None:
         # A class per protocol class (metered, reporting), made once.
-        buffered = type("Buffered" + protocol.__name__, (protocol, _BufferedReads), {})
+        buffered = type("Buffered" + protocol.__name__, (protocol, BufferedReads), {})
         _buffered[protocol] = buffered
     return buffered

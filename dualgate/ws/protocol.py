@@ -54,12 +54,13 @@ _FAILURE_REASONS: dict[int, str] = {
 }
 
 
-class WebSocketProtocol(asyncio.BufferedProtocol, asyncio.Protocol):
+class WebSocketProtocol(asyncio.BufferedProtocol):
     """One upgraded connection: the handshake's answer, frames both ways, pings and closing.
 
-    An asyncio.Protocol for the hand-off (which passes the bytes read after the request head to
-    `data_received`), and a BufferedProtocol so that the transport, once it is set, reads
-    straight into the loop thread's reused buffer (`get_buffer`, `buffer_updated`).
+    A BufferedProtocol, so that the transport, once it is set, reads straight into the loop
+    thread's reused buffer (`get_buffer`, `buffer_updated`), and not an asyncio.Protocol, which
+    uvloop would give a fresh object per read (under TLS, of 256 KiB: http/buffer.py); it has
+    `data_received` too, for the bytes the hand-off passes on and the memory-BIO TLS's reads.
     """
 
     def __init__(
