@@ -96,6 +96,11 @@ def build_scope(
     return scope  # type: ignore[return-value]  # an HTTPScope (no cast: a call per request)
 
 
+# Body sends between two loop turns, at most: under asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES
+# (5), so that writes made after the client vanished and before the loop says so log nothing.
+_SENDS_PER_TURN = 4
+
+
 class _Exchange:
     """One request's task body (`run`), and the receive() and send() its application is given,
     over its RequestCycle.
@@ -104,10 +109,11 @@ class _Exchange:
     receive() or send() must wait (for body bytes, the end, or the transport to drain).
     """
 
-    __slots__ = ("_body_done", "_cycle", "_head", "_task", "_wake_receiver")
+    __slots__ = ("_body_done", "_cycle", "_head", "_task", "_unyielded", "_wake_receiver")
 
     def __init__(self, cycle: RequestCycle) -> None:
         self._cycle = cycle
+        self._unyielded = 0  # body sends since the task last gave the loop a turn
         self._head: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self._body_done = False
         # Wakes a receive() waiting for the end: set on disconnect, or when send() completes.
@@ -236,6 +242,16 @@ class _Exchange:
                 future, wake = self._waiter()
                 cycle.when_writable(wake)
                 await future
+                self._unyielded = 0
+            else:
+                self._unyielded += 1
+                if self._unyielded >= _SENDS_PER_TURN:
+                    # A send that is not paused does not wait: an app that only sends would
+                    # keep the loop to itself, and never hear that its client went away (the
+                    # transport's connection_lost waits for a loop turn), writing on into a
+                    # dead transport, which asyncio logs per write.
+                    self._unyielded = 0
+                    await asyncio.sleep(0)
         elif kind == "http.response.pathsend":
             self._flush_head()
             await self._send_path(message["path"])

@@ -180,12 +180,21 @@ class HTTPProtocol(ConnectionPort, asyncio.BaseProtocol):
 
     def eof_received(self) -> bool:
         # A client may half-close after sending its request and still wait for the response,
-        # so the transport stays open for writing. TLS has no half-close: the TLS layer closes
-        # after an EOF whatever is returned here (asyncio warns when asked to keep it open).
+        # so the transport stays open for writing.
         self._settle_direct()
         self.reader.feed_eof()
         self._read_events()
-        return self.view.scheme == "http"
+        if self.view.scheme == "http":
+            return True
+        # TLS has no half-close here: after an EOF the TLS layer closes whatever is returned,
+        # and drops what is written meanwhile (asyncio and uvloop log "SSL connection is
+        # closed" for each write). The response cannot arrive: the application hears now that
+        # the client is gone, as at connection_lost, instead of writing into the void until
+        # the TLS shutdown ends.
+        self.flow.connection_lost()
+        if self.cycle is not None:
+            self.cycle.lose()
+        return False
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()

@@ -234,9 +234,12 @@ class ThreadSink:
         cycle = self._cycle
         if head is not None:
             cycle.send_head(*head)
-        for chunk in chunks:
-            cycle.send_body(chunk)
-        cycle.when_writable(functools.partial(self._sent, sum(len(chunk) for chunk in chunks)))
+        # One write for every chunk queued: fewer calls, and a transport that failed at the
+        # first write is not written again and again before its connection_lost (asyncio logs
+        # each write to a lost transport from the fifth on).
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        cycle.send_body(body)
+        cycle.when_writable(functools.partial(self._sent, len(body)))
 
     def _sent(self, size: int) -> None:
         drained = self._drained

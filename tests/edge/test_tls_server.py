@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import queue
 import signal
@@ -266,6 +267,125 @@ def test_files_under_tls_go_by_ordinary_writes(
         response = http.get(f"https://127.0.0.1:{server.port}/")
     assert response.content == data
     assert probe.calls == 0
+
+
+# -- a client's EOF mid-response --------------------------------------------------------------
+
+CHUNK = b"x" * 16384
+CHUNKS = 20_000  # 320 MB: far more than ever gets sent before the client's EOF is seen
+
+
+class Streamer:
+    """A WSGI and an ASGI app that stream CHUNKS chunks, counting them, and say when they
+    stopped: told the client is gone, or done."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.stopped: queue.Queue[str] = queue.Queue()
+
+    def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Length", str(len(CHUNK) * CHUNKS))])
+        return self._chunks()
+
+    def _chunks(self) -> Iterable[bytes]:
+        try:
+            for _ in range(CHUNKS):
+                self.sent += 1
+                yield CHUNK
+            self.stopped.put("done")
+        except GeneratorExit:
+            self.stopped.put("told")  # close() before the end: the server stopped iterating
+            raise
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-length", str(len(CHUNK) * CHUNKS).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        try:
+            for _ in range(CHUNKS):
+                self.sent += 1
+                await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+        except OSError:
+            self.stopped.put("told")
+            return
+        self.stopped.put("done")
+
+
+def streaming_server(
+    serve: ServeFactory, streamer: Streamer, interface: str, **options: Any
+) -> Any:
+    app = streamer.wsgi if interface == "wsgi" else asgi_app(streamer.asgi)
+    return serve(app, **options)
+
+
+def asyncio_said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "asyncio"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
+def test_a_client_that_vanishes_mid_response_stops_the_application(
+    serve: ServeFactory,
+    tls_certs: Certs,
+    caplog: pytest.LogCaptureFixture,
+    loop: str,
+    interface: str,
+    secure: bool,
+) -> None:
+    """A client that reads part of a long response and closes its socket: the application is
+    told (its send raises, its iterable is closed) and stops, and nothing is written to the
+    dead transport meanwhile for asyncio to log ("socket.send() raised exception.", "SSL
+    connection is closed"). An ASGI app that only sends used to keep the loop to itself and
+    send all 320 MB, logging a line per send."""
+    streamer = Streamer()
+    options = tls(tls_certs) if secure else {}
+    server = streaming_server(serve, streamer, interface, loop=loop, **options)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        for _ in range(3):
+            streamer.sent = 0
+            raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
+            context = tls_certs.client_context()
+            sock = context.wrap_socket(raw, server_hostname="localhost") if secure else raw
+            with raw, sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                received = 0
+                while received < 200_000:
+                    received += len(sock.recv(65536))
+            assert streamer.stopped.get(timeout=10) == "told", f"{streamer.sent} chunks sent"
+            assert streamer.sent < CHUNKS
+    assert asyncio_said(caplog) == []
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+def test_a_tls_client_eof_mid_response_stops_the_application(
+    serve: ServeFactory,
+    tls_certs: Certs,
+    caplog: pytest.LogCaptureFixture,
+    loop: str,
+    interface: str,
+) -> None:
+    """A TLS client that sends EOF and stays: asyncio's TLS layer closes after an EOF and drops
+    whatever is written, without backpressure, so the application is told at once rather than
+    left writing into the void until the TLS shutdown times out (30 s: the client never
+    answers it). uvloop's does not pass the EOF on: there the writes wait, paused, and the
+    write timeout (1 s here) ends it, as for a client that stops reading."""
+    streamer = Streamer()
+    options = tls(tls_certs, timeout_write=1)
+    server = streaming_server(serve, streamer, interface, loop=loop, **options)
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
+    with raw, tls_certs.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            sock.shutdown(socket.SHUT_WR)  # a TCP EOF, no close_notify; the socket stays open
+            how = streamer.stopped.get(timeout=10)
+    assert how == "told", f"{streamer.sent} chunks sent"
+    assert streamer.sent < CHUNKS
+    if loop == "asyncio":
+        # (uvloop, closing its TCP transport, lets paused writes resume into the closed TLS
+        # layer, which logs a few "SSL connection is closed" before the write timeout.)
+        assert asyncio_said(caplog) == []
 
 
 # -- other listeners --------------------------------------------------------------------------
