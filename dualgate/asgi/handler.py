@@ -21,6 +21,7 @@ from asgiref.typing import ASGI3Application, HTTPScope
 
 from dualgate.errors import LifespanFailure
 from dualgate.http.cycle import RequestCycle
+from dualgate.http.flow import SENDS_PER_TURN
 from dualgate.http.grammar import asgi_headers
 from dualgate.http.paths import strip_root_path
 from dualgate.logs import error_logger
@@ -94,11 +95,6 @@ def build_scope(
         # Each request gets a shallow copy of the lifespan state (the ASGI spec's words).
         scope["state"] = state.copy()
     return scope  # type: ignore[return-value]  # an HTTPScope (no cast: a call per request)
-
-
-# Body sends between two loop turns, at most: under asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES
-# (5), so that writes made after the client vanished and before the loop says so log nothing.
-_SENDS_PER_TURN = 4
 
 
 class _Exchange:
@@ -245,11 +241,7 @@ class _Exchange:
                 self._unyielded = 0
             else:
                 self._unyielded += 1
-                if self._unyielded >= _SENDS_PER_TURN:
-                    # A send that is not paused does not wait: an app that only sends would
-                    # keep the loop to itself, and never hear that its client went away (the
-                    # transport's connection_lost waits for a loop turn), writing on into a
-                    # dead transport, which asyncio logs per write.
+                if self._unyielded >= SENDS_PER_TURN:  # a loop turn: http/flow.py says why
                     self._unyielded = 0
                     await asyncio.sleep(0)
         elif kind == "http.response.pathsend":

@@ -13,13 +13,21 @@ import enum
 import functools
 from collections.abc import Callable
 
-__all__ = ["GONE", "Deadline", "FlowControl", "resolve"]
+__all__ = ["GONE", "SENDS_PER_TURN", "Deadline", "FlowControl", "resolve"]
 
 
 def resolve(future: asyncio.Future[None]) -> None:
     """Wake whoever awaits `future`, once (a callback may fire after a cancel)."""
     if not future.done():
         future.set_result(None)
+
+
+# An application's sends between two loop turns, at most, while writing is not paused: a send
+# that is not paused does not wait, so an app that only sends would keep the loop to itself
+# and never hear that its client went away (connection_lost waits for a loop turn), writing on
+# into a dead transport. Under asyncio's LOG_THRESHOLD_FOR_CONNLOST_WRITES (5), so that the
+# writes made meanwhile log nothing.
+SENDS_PER_TURN = 4
 
 
 class Deadline(enum.Enum):

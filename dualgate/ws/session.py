@@ -20,6 +20,7 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING, Protocol, cast
 
+from dualgate.http.flow import SENDS_PER_TURN
 from dualgate.http.grammar import Headers, asgi_headers
 from dualgate.logs import error_logger
 from dualgate.ws.phases import Phase
@@ -91,6 +92,7 @@ class Session:
         self._task: asyncio.Task[None] | None = None
         self.running = False  # the application's task has started and not ended
         self._connect_sent = False
+        self._unyielded = 0  # sends since the app's task last gave the loop a turn
         # Incoming: the message being assembled (one of the two lists), and complete ones with
         # their sizes.
         self._text: list[str] = []
@@ -272,6 +274,12 @@ class Session:
             raise ValueError("websocket.send needs exactly one of 'bytes' and 'text'")
         if self._wire.writing_paused:
             await self._wire.drained()
+            self._unyielded = 0
+        else:
+            self._unyielded += 1
+            if self._unyielded >= SENDS_PER_TURN:  # flow.py says why
+                self._unyielded = 0
+                await asyncio.sleep(0)
 
     async def _send_denial_body(self, message: WebSocketResponseBodyEvent) -> None:
         body = message.get("body", b"")

@@ -297,7 +297,22 @@ class Streamer:
             self.stopped.put("told")  # close() before the end: the server stopped iterating
             raise
 
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            for _ in range(CHUNKS):
+                self.sent += 1
+                await send({"type": "websocket.send", "bytes": CHUNK})
+        except OSError:
+            self.stopped.put("told")
+            return
+        self.stopped.put("done")
+
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self.websocket(scope, receive, send)
+            return
         headers = [(b"content-length", str(len(CHUNK) * CHUNKS).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
@@ -308,6 +323,13 @@ class Streamer:
             self.stopped.put("told")
             return
         self.stopped.put("done")
+
+
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 def streaming_server(
@@ -322,7 +344,7 @@ def asyncio_said(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+@pytest.mark.parametrize("interface", ["wsgi", "asgi", "websocket"])
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
 def test_a_client_that_vanishes_mid_response_stops_the_application(
     serve: ServeFactory,
@@ -332,11 +354,11 @@ def test_a_client_that_vanishes_mid_response_stops_the_application(
     interface: str,
     secure: bool,
 ) -> None:
-    """A client that reads part of a long response and closes its socket: the application is
-    told (its send raises, its iterable is closed) and stops, and nothing is written to the
-    dead transport meanwhile for asyncio to log ("socket.send() raised exception.", "SSL
-    connection is closed"). An ASGI app that only sends used to keep the loop to itself and
-    send all 320 MB, logging a line per send."""
+    """A client that reads part of a long response (or of a WebSocket's messages) and closes its
+    socket: the application is told (its send raises, its iterable is closed) and stops, and
+    nothing is written to the dead transport meanwhile for asyncio to log ("socket.send()
+    raised exception.", "SSL connection is closed"). An ASGI app that only sends used to keep
+    the loop to itself and send all 320 MB, logging a line per send."""
     streamer = Streamer()
     options = tls(tls_certs) if secure else {}
     server = streaming_server(serve, streamer, interface, loop=loop, **options)
@@ -347,7 +369,7 @@ def test_a_client_that_vanishes_mid_response_stops_the_application(
             context = tls_certs.client_context()
             sock = context.wrap_socket(raw, server_hostname="localhost") if secure else raw
             with raw, sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.sendall(UPGRADE if interface == "websocket" else GET)
                 received = 0
                 while received < 200_000:
                     received += len(sock.recv(65536))
