@@ -60,6 +60,14 @@ class Certs:
     client_cert_file: Path
     client_key_file: Path
 
+    def server_options(self, **options: Any) -> dict[str, Any]:
+        """A dualgate server's settings for this certificate and key, with `options`."""
+        return {
+            "ssl_certfile": str(self.server_cert_file),
+            "ssl_keyfile": str(self.server_key_file),
+            **options,
+        }
+
     def client_context(self, *, with_client_cert: bool = False) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         if with_client_cert:

@@ -37,7 +37,7 @@ class BufferedReads(asyncio.BufferedProtocol):
 
     __slots__ = ()
 
-    data_received: Callable[[bytes], None]  # the protocol's, first in its class's bases
+    data_received: Callable[[bytes], None]  # the protocol class's own
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return read_buffer()

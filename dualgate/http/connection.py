@@ -138,9 +138,7 @@ class HTTPProtocol(ConnectionPort, asyncio.BaseProtocol):
             self._wire.lost()  # before asyncio closes the socket: no thread writes to it now
         self.phase = _CLOSED
         self.state.connections.discard(self)
-        self.flow.connection_lost()
-        if self.cycle is not None:
-            self.cycle.lose()
+        self._client_gone()
         self.transport = GONE  # the real one (under TLS, its buffers) is not kept: flow.py
 
     def data_received(self, data: bytes) -> None:
@@ -191,10 +189,15 @@ class HTTPProtocol(ConnectionPort, asyncio.BaseProtocol):
         # closed" for each write). The response cannot arrive: the application hears now that
         # the client is gone, as at connection_lost, instead of writing into the void until
         # the TLS shutdown ends.
+        self._client_gone()
+        return False
+
+    def _client_gone(self) -> None:
+        """Nothing more reaches the client: what waits to write is released, and the request
+        in progress hears that the client went away."""
         self.flow.connection_lost()
         if self.cycle is not None:
             self.cycle.lose()
-        return False
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()

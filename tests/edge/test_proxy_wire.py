@@ -250,12 +250,7 @@ def test_haproxy_in_front(
 
 
 def tls_options(certs: Certs, **options: Any) -> dict[str, Any]:
-    return {
-        "ssl_certfile": str(certs.server_cert_file),
-        "ssl_keyfile": str(certs.server_key_file),
-        "proxy_protocol": True,
-        **options,
-    }
+    return certs.server_options(proxy_protocol=True, **options)
 
 
 class BIOClient:

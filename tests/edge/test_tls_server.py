@@ -44,14 +44,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LOOPS = ["asyncio", "uvloop"]
 
 
-def tls(certs: Certs, **options: Any) -> dict[str, Any]:
-    return {
-        "ssl_certfile": str(certs.server_cert_file),
-        "ssl_keyfile": str(certs.server_key_file),
-        **options,
-    }
-
-
 def wsgi_view(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
     body = json.dumps({key: environ.get(key) for key in WSGI_KEYS}).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
@@ -91,7 +83,7 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_wsgi_over_https(serve: ServeFactory, tls_certs: Certs, loop: str) -> None:
-    server = serve(wsgi_view, loop=loop, **tls(tls_certs))
+    server = serve(wsgi_view, loop=loop, **tls_certs.server_options())
     with client(tls_certs) as http:
         response = http.get(f"https://127.0.0.1:{server.port}/")
     assert response.http_version == "HTTP/1.1"
@@ -105,7 +97,7 @@ def test_wsgi_over_https(serve: ServeFactory, tls_certs: Certs, loop: str) -> No
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_asgi_over_https(serve: ServeFactory, tls_certs: Certs, loop: str) -> None:
-    server = serve(asgi_view, loop=loop, **tls(tls_certs))
+    server = serve(asgi_view, loop=loop, **tls_certs.server_options())
     with client(tls_certs) as http:
         scope = http.get(f"https://127.0.0.1:{server.port}/").json()
     # No client certificate asked for: no TLS extension (README "TLS").
@@ -122,7 +114,7 @@ def test_asgi_over_https(serve: ServeFactory, tls_certs: Certs, loop: str) -> No
 
 
 def test_keep_alive_and_pipelining_over_tls(serve: ServeFactory, tls_certs: Certs) -> None:
-    server = serve(wsgi_view, **tls(tls_certs))
+    server = serve(wsgi_view, **tls_certs.server_options())
     request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
     with connect(server.port) as raw:
         context = tls_certs.client_context()
@@ -137,7 +129,9 @@ def test_keep_alive_and_pipelining_over_tls(serve: ServeFactory, tls_certs: Cert
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_client_certificate_required(serve: ServeFactory, tls_certs: Certs, loop: str) -> None:
-    options = tls(tls_certs, ssl_ca_certs=str(tls_certs.ca_file), ssl_cert_reqs="required")
+    options = tls_certs.server_options(
+        ssl_ca_certs=str(tls_certs.ca_file), ssl_cert_reqs="required"
+    )
     server = serve(asgi_view, loop=loop, **options)
     url = f"https://127.0.0.1:{server.port}/"
     with client(tls_certs, with_client_cert=True) as http:
@@ -174,7 +168,9 @@ def test_client_from_another_ca_is_refused(
     serve: ServeFactory, tls_certs: Certs, tmp_path: Path
 ) -> None:
     stranger = make_certs(tmp_path / "stranger")
-    options = tls(tls_certs, ssl_ca_certs=str(tls_certs.ca_file), ssl_cert_reqs="optional")
+    options = tls_certs.server_options(
+        ssl_ca_certs=str(tls_certs.ca_file), ssl_cert_reqs="optional"
+    )
     server = serve(asgi_view, **options)
     url = f"https://127.0.0.1:{server.port}/"
     context = tls_certs.client_context()
@@ -195,7 +191,7 @@ def test_client_from_another_ca_is_refused(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_stalled_handshake_is_cut_off(serve: ServeFactory, tls_certs: Certs, loop: str) -> None:
-    server = serve(wsgi_view, loop=loop, timeout_request_head=0.3, **tls(tls_certs))
+    server = serve(wsgi_view, loop=loop, timeout_request_head=0.3, **tls_certs.server_options())
     hello = client_hello(tls_certs)
     # Nothing at all; half a ClientHello; a whole one and then silence.
     for sent in (b"", hello[:20], hello):
@@ -262,7 +258,7 @@ def test_files_under_tls_go_by_ordinary_writes(
         assert httpx.get(f"http://127.0.0.1:{plain.port}/", timeout=SOCKET_TIMEOUT).content == data
         assert probe.calls == 1
         probe.calls = 0
-    server = serve(app, loop=loop, **tls(tls_certs))
+    server = serve(app, loop=loop, **tls_certs.server_options())
     with client(tls_certs) as http:
         response = http.get(f"https://127.0.0.1:{server.port}/")
     assert response.content == data
@@ -360,7 +356,7 @@ def test_a_client_that_vanishes_mid_response_stops_the_application(
     raised exception.", "SSL connection is closed"). An ASGI app that only sends used to keep
     the loop to itself and send all 320 MB, logging a line per send."""
     streamer = Streamer()
-    options = tls(tls_certs) if secure else {}
+    options = tls_certs.server_options() if secure else {}
     server = streaming_server(serve, streamer, interface, loop=loop, **options)
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         for _ in range(3):
@@ -393,7 +389,7 @@ def test_a_tls_client_eof_mid_response_stops_the_application(
     answers it). uvloop's does not pass the EOF on: there the writes wait, paused, and the
     write timeout (1 s here) ends it, as for a client that stops reading."""
     streamer = Streamer()
-    options = tls(tls_certs, timeout_write=1)
+    options = tls_certs.server_options(timeout_write=1)
     server = streaming_server(serve, streamer, interface, loop=loop, **options)
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
     with raw, tls_certs.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
@@ -423,7 +419,7 @@ def _get_over(sock: socket.socket, certs: Certs) -> Any:
 
 def test_tls_on_a_unix_socket(serve: ServeFactory, tls_certs: Certs, tmp_path: Path) -> None:
     path = str(tmp_path / "app.sock")
-    serve(wsgi_view, uds=path, **tls(tls_certs))
+    serve(wsgi_view, uds=path, **tls_certs.server_options())
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(SOCKET_TIMEOUT)
     sock.connect(path)
@@ -435,7 +431,7 @@ def test_tls_on_an_inherited_socket(serve: ServeFactory, tls_certs: Certs) -> No
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     port = listener.getsockname()[1]
-    serve(wsgi_view, fd=listener.detach(), **tls(tls_certs))
+    serve(wsgi_view, fd=listener.detach(), **tls_certs.server_options())
     assert _get_over(connect(port), tls_certs)["wsgi.url_scheme"] == "https"
 
 

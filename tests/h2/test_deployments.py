@@ -67,9 +67,7 @@ def tls_flags(certs: Certs | None) -> tuple[str, ...]:
 
 
 def tls_options(certs: Certs | None) -> dict[str, Any]:
-    if certs is None:
-        return {}
-    return {"ssl_certfile": str(certs.server_cert_file), "ssl_keyfile": str(certs.server_key_file)}
+    return {} if certs is None else certs.server_options()
 
 
 def connect(port: int, certs: Certs | None = None, preamble: bytes = b"") -> Client:

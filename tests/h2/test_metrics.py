@@ -66,11 +66,7 @@ def read_to_the_end(client: Client) -> None:
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
 @pytest.mark.parametrize("app", [wsgi_app, asgi_app], ids=["wsgi", "asgi"])
 def test_http2_bytes_both_ways_are_counted_exactly(tls: bool, app: object, certs: Certs) -> None:
-    tls_options = (
-        {"ssl_certfile": str(certs.server_cert_file), "ssl_keyfile": str(certs.server_key_file)}
-        if tls
-        else {}
-    )
+    tls_options = certs.server_options() if tls else {}
     with running_server(app, http2="on", metrics_address="127.0.0.1:0", **tls_options) as server:
         client = Client(_open(server, certs if tls else None))
         try:

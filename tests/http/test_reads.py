@@ -97,10 +97,6 @@ def h2_exchanges(sock: socket.socket) -> int:
     return peak_allocated(exchange)
 
 
-def tls_options(certs: Certs) -> dict[str, str]:
-    return {"ssl_certfile": str(certs.server_cert_file), "ssl_keyfile": str(certs.server_key_file)}
-
-
 def test_reads_reuse_one_buffer_instead_of_a_fresh_256_kib_each(serve: ServeFactory) -> None:
     server = serve(ok_app, loop="asyncio")
     with connect(server.port) as sock:
@@ -112,7 +108,7 @@ def test_reads_reuse_one_buffer_instead_of_a_fresh_256_kib_each(serve: ServeFact
 def test_tls_reads_reuse_the_buffer_on_either_loop(
     serve: ServeFactory, tls_certs: Certs, loop: str
 ) -> None:
-    server = serve(ok_app, loop=loop, **tls_options(tls_certs))
+    server = serve(ok_app, loop=loop, **tls_certs.server_options())
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
     with raw, tls_certs.client_context().wrap_socket(raw, server_hostname="localhost") as sock:
         peak = http11_exchanges(sock)
@@ -124,7 +120,7 @@ def test_tls_reads_reuse_the_buffer_on_either_loop(
 def test_http2_reads_reuse_the_buffer(
     serve: ServeFactory, tls_certs: Certs, loop: str, tls: bool
 ) -> None:
-    options = tls_options(tls_certs) if tls else {}
+    options = tls_certs.server_options() if tls else {}
     server = serve(ok_app, loop=loop, http2="on", **options)
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
     sock = tls_socket(raw, tls_certs.client_context()) if tls else raw
@@ -139,7 +135,7 @@ def test_tls_after_a_proxy_header_reads_into_the_buffer(
 ) -> None:
     """The memory-BIO TLS (edge/tls_bio.py) decrypts into the buffer, and its raw side reads
     into it on asyncio's loop."""
-    server = serve(ok_app, loop=loop, proxy_protocol=True, **tls_options(tls_certs))
+    server = serve(ok_app, loop=loop, proxy_protocol=True, **tls_certs.server_options())
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
     with raw:
         raw.sendall(b"PROXY TCP4 192.0.2.1 192.0.2.2 5000 443\r\n")
@@ -207,7 +203,7 @@ def ws_exchanges(sock: socket.socket) -> int:
 def test_websocket_reads_reuse_the_buffer(
     serve: ServeFactory, tls_certs: Certs, loop: str, tls: bool
 ) -> None:
-    options = tls_options(tls_certs) if tls else {}
+    options = tls_certs.server_options() if tls else {}
     server = serve(echo, loop=loop, **options)
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT)
     context = tls_certs.client_context()
